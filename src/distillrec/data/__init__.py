@@ -1,0 +1,1 @@
+"""Data layer: raw sources → canonical frames (ingest) → integer sequences (split)."""

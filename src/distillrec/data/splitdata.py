@@ -1,0 +1,94 @@
+"""Read-side of the split contract: sequences as flat arrays, histories by vectorised slicing.
+
+Later stages never re-derive positions: a target is (user_idx, position) and its history is
+`sequence[:position]`, taken here without Python loops over users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from distillrec.errors import DataError
+
+FILES = ("sequences.parquet", "examples.parquet", "item_map.parquet", "user_map.parquet")
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Sequences in CSR form: user u's items are `items[offsets[u-1]:offsets[u]]` (u is 1-based)."""
+
+    items: np.ndarray        # int64 [total interactions]
+    offsets: np.ndarray      # int64 [n_users + 1]
+    item_map: pl.DataFrame
+    user_map: pl.DataFrame
+    examples: pl.DataFrame
+
+    @property
+    def n_items(self) -> int:
+        return self.item_map.height
+
+    @property
+    def n_users(self) -> int:
+        return self.user_map.height
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def load(cls, directory: Path | str) -> SplitData:
+        directory = Path(directory)
+        missing = [name for name in FILES if not (directory / name).is_file()]
+        if missing:
+            raise DataError(f"{directory} lacks {', '.join(missing)}: run the `split` stage first")
+        sequences = pl.read_parquet(directory / "sequences.parquet").sort("user_idx")
+        lengths = sequences["items"].list.len().to_numpy()
+        return cls(
+            items=sequences["items"].explode(empty_as_null=False).to_numpy().astype(np.int64),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            item_map=pl.read_parquet(directory / "item_map.parquet"),
+            user_map=pl.read_parquet(directory / "user_map.parquet"),
+            examples=pl.read_parquet(directory / "examples.parquet"),
+        )
+
+    def histories(self, users: np.ndarray, positions: np.ndarray, max_length: int) -> np.ndarray:
+        """Left-padded [B, max_length] histories: the last `max_length` items before `position`."""
+        users, positions = np.asarray(users, np.int64), np.asarray(positions, np.int64)
+        ends = self.offsets[users - 1] + positions
+        index = ends[:, None] - max_length + np.arange(max_length)[None, :]
+        valid = index >= (self.offsets[users - 1])[:, None]
+        return np.where(valid, self.items[np.clip(index, 0, None)], 0)
+
+    def targets(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user_idx, position, item_idx) of every example of `split`, sorted by user."""
+        rows = self.examples.filter(pl.col("split") == split).sort("user_idx", "position")
+        return (rows["user_idx"].to_numpy().astype(np.int64), rows["position"].to_numpy().astype(np.int64),
+                rows["item_idx"].to_numpy().astype(np.int64))
+
+    def training_windows(self, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Left-padded windows [W, max_length + 1] covering every training target exactly once.
+
+        A user's training part is everything before the validation target; it is cut from the
+        end into windows of max_length + 1 items overlapping by one, so each training target
+        appears once with up to max_length items of context (truncating long histories instead
+        loses most targets on datasets like MovieLens). Returns (windows, user_idx, end) where
+        the window holds positions end - max_length - 1 .. end - 1 of the user's sequence.
+        """
+        train_len = self.lengths - 2
+        n_windows = np.maximum(1, np.ceil((train_len - 1) / max_length).astype(np.int64))
+        users = np.repeat(np.arange(1, self.n_users + 1), n_windows)
+        k = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+        ends = np.repeat(train_len, n_windows) - k * max_length
+        return self.histories(users, ends, max_length + 1), users, ends
+
+    def history_sets(self, users: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) pairs of every item before `position` for each example (for exclusion)."""
+        starts = self.offsets[np.asarray(users) - 1]
+        counts = np.asarray(positions)
+        row = np.repeat(np.arange(len(counts)), counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return row, self.items[np.repeat(starts, counts) + within]

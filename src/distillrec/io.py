@@ -1,0 +1,89 @@
+"""Atomic outputs, hashing and logging shared by every stage.
+
+Stages write to a temporary sibling and rename when complete, so a failed or interrupted run
+never leaves a half-written output that DVC or a later stage could mistake for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One format for all stages; idempotent so tests can call stage mains repeatedly."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    _discard(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _discard(tmp)
+        raise
+    _replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary path that replaces `final` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+    except BaseException:
+        _discard(tmp)
+        raise
+    _replace(tmp, final)
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    """Atomic, sorted, indented JSON (stable bytes for identical content)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Training and evaluation of students: objectives, ranking metrics, the trainer loop."""

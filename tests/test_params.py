@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillrec.errors import ParamsError
+from distillrec.params import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_file_is_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    # every field of the schema is spelled out in params.yaml, so users see every knob
+    assert params.model_dump() == parse_params(raw).model_dump()
+    assert set(raw) == set(Params.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"split": {"usr_core": 3}}, "unknown key 'split.usr_core'; allowed keys here: min_rating"),
+        ({"dataset": {"source": "imdb"}}, "'dataset.source': Input should be 'synthetic'"),
+        ({"split": {"user_core": -1}}, "'split.user_core': Input should be greater than or equal to 0"),
+        ({"dataset": {"synthetic": {"n_users": "many"}}}, "'dataset.synthetic.n_users'"),
+        ({"ingest": {"on_bad_line": "ignore"}}, "'ingest.on_bad_line': Input should be 'error' or 'skip'"),
+        ({"ingest": {"download": 1}}, "'ingest.download': Input should be a valid boolean"),
+        ({"bogus_section": {}}, "unknown key 'bogus_section'"),
+        ({"dataset": {"synthetic": {"min_length": 30, "max_length": 10}}}, "min_length must be <= max_length"),
+        ({"student": {"hidden": 30, "heads": 4}}, "must be divisible by heads"),
+    ],
+)
+def test_bad_params_name_the_key_and_allowed_values(raw, fragment):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert fragment in str(info.value)
+
+
+def test_all_errors_are_reported_together():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"split": {"user_core": -1, "item_core": "x"}})
+    assert "split.user_core" in str(info.value) and "split.item_core" in str(info.value)
+
+
+def test_load_params_errors(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("dataset: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_default_raw_dir_follows_name():
+    assert parse_params({"dataset": {"name": "ml-1m"}}).dataset.raw_dir == Path("data/raw/ml-1m")
+    assert parse_params({"dataset": {"path": "/x/y"}}).dataset.raw_dir == Path("/x/y")
