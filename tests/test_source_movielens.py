@@ -13,12 +13,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from distillrec.data.sources import movielens
+from distillrec.data.sources import _tables, movielens
 from distillrec.errors import BadLineError, DataError, MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
 
 MISERABLES = "Misérables, Les (1995)"
-RATINGS = [("1", "10", 4.0, 978300760), ("1", "20", 3.5, 978300761), ("2", "10", 5.0, 978300700)]
+RATINGS = [("1", "10", 4.0, 978300760), ("1", "20", 3.0, 978300761), ("2", "10", 5.0, 978300700)]
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8", gz: bool = False) -> Path:
@@ -38,7 +38,8 @@ def _u_item_line(item: str, title: str, genres: set[str]) -> str:
 
 
 def write_100k(folder: Path, gz: bool = False) -> None:
-    _write(folder / "u.data", "".join(f"{u}\t{i}\t{int(r)}\t{t}\n" for u, i, r, t in RATINGS), gz=gz)
+    ratings = "".join(f"{u}\t{i}\t{int(r)}\t{t}\n" for u, i, r, t in RATINGS)
+    _write(folder / "u.data", ratings, gz=gz)
     items = [
         _u_item_line("10", MISERABLES, {"Drama", "Musical"}),
         _u_item_line("20", "Toy Story (1995)", {"Animation", "Children's", "Comedy"}),
@@ -89,18 +90,23 @@ def test_100k_u_data_and_latin1_u_item(tmp_path, gz):
     _assert_ratings(inter)
     assert _titles(items)["10"] == MISERABLES
     genres = dict(zip(items["item_id"], items["categories"].to_list()))
-    assert genres == {"10": ["Drama", "Musical"], "20": ["Animation", "Children's", "Comedy"], "30": []}
+    assert genres == {
+        "10": ["Drama", "Musical"], "20": ["Animation", "Children's", "Comedy"], "30": []
+    }  # fmt: skip
     assert raw.file_rows == {raw.files[0].name: 3, raw.files[1].name: 3}
     assert not raw.dropped
 
 
-@pytest.mark.parametrize("name, inner, encoding", [("ml-1m", "", "latin-1"), ("ml-10m", "ml-10M100K", "utf-8")])
+@pytest.mark.parametrize(
+    "name, inner, encoding", [("ml-1m", "", "latin-1"), ("ml-10m", "ml-10M100K", "utf-8")]
+)
 def test_dat_layouts_in_place_or_in_archive_folder(tmp_path, name, inner, encoding):
     write_dat(tmp_path / inner, encoding)
     raw, inter, items = load(tmp_path, name)
     _assert_ratings(inter)
     assert _titles(items) == {"10": MISERABLES, "20": "Toy Story (1995)"}
-    assert items.filter(pl.col("item_id") == "20")["categories"].to_list() == [["Animation", "Children's"]]
+    toy_story = items.filter(pl.col("item_id") == "20")
+    assert toy_story["categories"].to_list() == [["Animation", "Children's"]]
     assert [p.name for p in raw.files] == ["ratings.dat", "movies.dat"]
 
 
@@ -108,6 +114,10 @@ def test_csv_layout_quoted_titles_and_no_genres(tmp_path):
     write_csv(tmp_path / "ml-32m")
     raw, inter, items = load(tmp_path, "ml-32m")
     _assert_ratings(inter)
+    with open(tmp_path / "ml-32m" / "ratings.csv", "a") as handle:
+        handle.write("3,30,2.5,978300800\n")  # half stars since 10M
+    _, inter, _ = load(tmp_path, "ml-32m")
+    assert inter.row(-1) == ("3", "30", 2.5, 978300800)
     assert _titles(items)["20"] == "American President, The (1995)"
     assert _titles(items)["10"] == MISERABLES
     genres = dict(zip(items["item_id"], items["categories"].to_list()))
@@ -134,7 +144,8 @@ BAD_RATINGS = [
 
 def _with_bad_line(tmp_path: Path, name: str, file: str, bad: str) -> Path:
     """The layout's fixture with `bad` inserted as the second data row; returns the file."""
-    {"ml-100k": write_100k, "ml-1m": partial(write_dat, movies_encoding="latin-1"), "ml-32m": write_csv}[name](tmp_path)
+    writers = {"ml-100k": write_100k, "ml-1m": partial(write_dat, movies_encoding="latin-1")}
+    writers.get(name, write_csv)(tmp_path)
     path = tmp_path / file
     lines = path.read_text().splitlines(keepends=True)
     at = 2 if file == "ratings.csv" else 1
@@ -142,8 +153,16 @@ def _with_bad_line(tmp_path: Path, name: str, file: str, bad: str) -> Path:
     return path
 
 
+@pytest.fixture(params=["polars", "python"])
+def locator(request, monkeypatch):
+    """Bad lines are located by polars, or by the pure-Python scan used for non-UTF-8 files."""
+    if request.param == "python":
+        monkeypatch.setattr(_tables, "_by_line", lambda *args: False)
+    return request.param
+
+
 @pytest.mark.parametrize("name, file, bad, reason", BAD_RATINGS)
-def test_bad_rating_line_names_file_line_and_text(tmp_path, name, file, bad, reason):
+def test_bad_rating_line_names_file_line_and_text(tmp_path, name, file, bad, reason, locator):
     path = _with_bad_line(tmp_path, name, file, bad)
     with pytest.raises(BadLineError) as info:
         load(tmp_path, name)
@@ -154,7 +173,7 @@ def test_bad_rating_line_names_file_line_and_text(tmp_path, name, file, bad, rea
 
 
 @pytest.mark.parametrize("name, file, bad, reason", BAD_RATINGS)
-def test_bad_rating_line_skipped_and_counted(tmp_path, name, file, bad, reason):
+def test_bad_rating_line_skipped_and_counted(tmp_path, name, file, bad, reason, locator):
     _with_bad_line(tmp_path, name, file, bad)
     raw, inter, _ = load(tmp_path, name, on_bad_line="skip")
     _assert_ratings(inter)
@@ -165,12 +184,13 @@ def test_bad_rating_line_skipped_and_counted(tmp_path, name, file, bad, reason):
 def test_bad_encoding_in_ratings_is_a_bad_line(tmp_path):
     write_dat(tmp_path, "latin-1")
     path = tmp_path / "ratings.dat"
-    path.write_bytes(path.read_bytes() + b"3\xff::10::4::978300760\n")
+    path.write_bytes(path.read_bytes() + b"3\xff::10::4::978300760\n4::10::4\n")
     with pytest.raises(BadLineError, match="not valid UTF-8") as info:
         load(tmp_path, "ml-1m")
-    assert info.value.lineno == 4
+    assert info.value.lineno == 4 and info.value.text == "3\ufffd::10::4::978300760"
     raw, inter, _ = load(tmp_path, "ml-1m", on_bad_line="skip")
-    assert inter.height == 3 and raw.dropped == {"bad_line:ratings.dat": 1}
+    _assert_ratings(inter)
+    assert raw.dropped == {"bad_line:ratings.dat": 2}
 
 
 def test_blank_lines_are_ignored_and_line_numbers_stay_exact(tmp_path):
@@ -217,7 +237,8 @@ def test_download_unpacks_archive_folder(tmp_path, monkeypatch):
     served.mkdir()
     payload = io.BytesIO()
     with zipfile.ZipFile(payload, "w") as bundle:
-        bundle.writestr("ml-10M100K/ratings.dat", "".join(f"{u}::{i}::{r:g}::{t}\n" for u, i, r, t in RATINGS))
+        ratings = "".join(f"{u}::{i}::{r:g}::{t}\n" for u, i, r, t in RATINGS)
+        bundle.writestr("ml-10M100K/ratings.dat", ratings)
         bundle.writestr("ml-10M100K/movies.dat", "10::Heat (1995)::Action\n")
     (served / "ml-10m.zip").write_bytes(payload.getvalue())
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))

@@ -46,13 +46,13 @@ def _discard(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces `final` only if the block succeeds."""
+def _atomic(final: Path | str, is_dir: bool) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
     _discard(tmp)
-    tmp.mkdir()
+    if is_dir:
+        tmp.mkdir()
     try:
         yield tmp
     except BaseException:
@@ -61,18 +61,14 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     _replace(tmp, final)
 
 
-@contextlib.contextmanager
-def atomic_file(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary path that replaces `final` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(final)
-    try:
-        yield tmp
-    except BaseException:
-        _discard(tmp)
-        raise
-    _replace(tmp, final)
+def atomic_dir(final: Path | str) -> contextlib.AbstractContextManager[Path]:
+    """An empty temporary directory that replaces `final` only if the block succeeds."""
+    return _atomic(final, is_dir=True)
+
+
+def atomic_file(final: Path | str) -> contextlib.AbstractContextManager[Path]:
+    """A temporary path that replaces `final` only if the block succeeds."""
+    return _atomic(final, is_dir=False)
 
 
 def write_json(path: Path | str, obj: Any) -> None:

@@ -124,9 +124,9 @@ class TrainParams(Section):
     objective: Literal["ce", "bce"] = Field(
         "ce", description="ce: softmax over the full catalogue; bce: sampled negatives")
     negatives: int = Field(1, ge=1, description="Negatives per target for bce")
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: int = Field(128, ge=1, description="Training windows per step")
+    batch_size: int = Field(64, ge=1, description="Training windows per step")
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Epochs without validation gain before stopping")
     select_metric: str = "ndcg@10"

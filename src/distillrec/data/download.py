@@ -30,7 +30,7 @@ Download = tuple[str, str, str | None]
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = None) -> Path:
-    """Stream `url` to `dest`; DataError if the byte count or sha256 differs from what is expected."""
+    """Stream `url` to `dest`; DataError if its size or sha256 is not what was expected."""
     dest = Path(dest)
     log.info("downloading %s -> %s", url, dest)
     digest = hashlib.sha256()
@@ -122,5 +122,7 @@ def ensure_raw_files(
             ) from exc
     if not present():
         raise MissingFilesError(
-            raw_dir, expected, f"{hint}\nthe downloaded archives did not contain them.{urls}".strip()
+            raw_dir,
+            expected,
+            f"{hint}\nthe downloaded archives did not contain them.{urls}".strip(),
         )

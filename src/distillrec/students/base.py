@@ -49,7 +49,8 @@ class Student(nn.Module, ABC):
     def score(self, states: torch.Tensor) -> torch.Tensor:
         """Logits over all items [..., n_items + 1]; column 0 (padding) is the dtype's minimum."""
         logits = states @ self.item_embeddings().T
-        return logits.index_fill(-1, torch.tensor([0], device=logits.device), torch.finfo(logits.dtype).min)
+        logits[..., 0] = torch.finfo(logits.dtype).min  # in place: the matmul's backward needs no output
+        return logits
 
     def training_pair(
         self, sequence: torch.Tensor, generator: torch.Generator | None = None

@@ -30,7 +30,8 @@ class Caser(Student):
         self.items = nn.Embedding(n_items + 1, params.hidden, padding_idx=0)
         nn.init.normal_(self.items.weight[1:], std=0.02)
         self.horizontal = nn.ModuleList(
-            nn.Conv1d(params.hidden, caser.horizontal_filters, height) for height in range(1, caser.window + 1)
+            nn.Conv1d(params.hidden, caser.horizontal_filters, height)
+            for height in range(1, caser.window + 1)
         )
         self.vertical = nn.Linear(caser.window, caser.vertical_filters)
         self.dropout = nn.Dropout(params.dropout)
@@ -44,7 +45,7 @@ class Caser(Student):
         # A height-h filter has window - h + 1 placements inside each window; max over them.
         sequence = padded.transpose(1, 2)
         horizontal = [
-            F.max_pool1d(F.relu(conv(sequence)), self.window - height + 2, stride=1, padding=0)
+            F.max_pool1d(F.relu(conv(sequence)), self.window - height + 1, stride=1)
             for height, conv in enumerate(self.horizontal, start=1)
         ]
         horizontal = torch.cat(horizontal, dim=1).transpose(1, 2)

@@ -1,10 +1,11 @@
 """GRU4Rec (Hidasi et al. 2016), RecBole's variant: embedding dropout → stacked GRU → dense.
 
-A GRU run over left padding would drift through the pads (its biases act even on zero inputs),
-so each history is rotated to be right-aligned first: the GRU then starts at the first real item
-from a zero state, and the trailing pads only follow the real items, where nothing reads them.
-Outputs are rotated back to the left-padded layout, with zeros at padded positions. Any length
-works; max_length is not used.
+Left padding is harmless without packing or re-alignment because the GRU has no biases (as in
+RecBole): with a zero state and a zero input (the padding row, also after dropout) both gates
+are sigmoid(0) and the candidate is tanh(0) = 0, so the state stays exactly zero until the first
+real item. Keep `bias=False`: with biases the state would drift through the pads (the padding
+invariance test guards this). Padded positions output zeros. Any length works; max_length is
+not used.
 """
 
 from __future__ import annotations
@@ -31,19 +32,12 @@ class GRU4Rec(Student):
         self.dense = nn.Linear(params.hidden, params.hidden)
 
     def encode(self, history: torch.Tensor) -> Encoded:
-        length = history.shape[1]
-        pads = (history == 0).sum(dim=1, keepdim=True)
-        steps = torch.arange(length, device=history.device)
-        to_right = (steps + pads) % length
-        to_left = ((steps - pads) % length).unsqueeze(-1).expand(-1, -1, self.hidden)
-        keep = (history > 0).unsqueeze(-1)
-
-        x = self.dropout(self.items(history.gather(1, to_right)))
+        x = self.dropout(self.items(history))
         blocks = []
         for gru in self.layers:
             x, _ = gru(x)
-            blocks.append(x.gather(1, to_left) * keep)
-        return Encoded(self.dense(blocks[-1]) * keep, blocks)
+            blocks.append(x)
+        return Encoded(self.dense(x) * (history > 0).unsqueeze(-1), blocks)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.items.weight

@@ -6,7 +6,9 @@ Choices (all deliberate, see ALGORITHMS.md §1.2 for the DLLM2Rec version we do 
 - Positions are counted from the RIGHT: the most recent item always gets the last row of the
   position table, whatever the amount of left padding, so padding never shifts positions.
 - Pre-LayerNorm blocks plus a final LayerNorm (as the original SASRec, stable without warm-up);
-  point-wise FFN of width 4·hidden with GELU, as RecBole's SASRec (inner_size 256 at d=64).
+  point-wise FFN of width 4·hidden with GELU, as RecBole's SASRec (inner_size 256 at d=64);
+  dropout on attention weights and on each sub-layer's output, none inside the FFN (as RecBole;
+  dropout is a large share of a CPU step).
 - Keys at padded positions are masked out; every position may also attend to itself, so the
   attention rows of padded queries are never empty (no NaN). Padded positions output zeros.
 - Embeddings and linear layers are initialised N(0, 0.02) as RecBole does; the padding row is 0.
@@ -33,9 +35,7 @@ class Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.ffn_norm = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(
-            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden, hidden)
-        )
+        self.ffn = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
-"""Typed reading of delimited raw files: a fast polars path and an exact line-by-line fallback.
+"""Typed reading of delimited raw files: fast in the common case, exact about bad lines.
 
 Polars parses a clean file of tens of millions of rows in seconds. When it refuses the file or
-yields a null (wrong field count, empty field, blank line, bad number, bad encoding), the file
-is rescanned in Python so each bad line is reported as file:line:text, or skipped and counted,
-as `ingest.on_bad_line` says. Both paths write parquet into the scratch workdir, so memory stays
-bounded and the returned frame is lazy.
+yields a null (wrong field count, empty field, blank line, bad number), polars splits the file
+line by line to find the bad lines, which are reported as file:line:text or skipped and
+counted, as `ingest.on_bad_line` says. Only a file with invalid UTF-8, which polars cannot
+split, is rescanned in Python. Every path writes parquet into the scratch workdir, so memory
+stays bounded and the returned frame is lazy.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,10 +84,16 @@ def read_delimited(
     which may be empty (null). `sep` is one character or a doubled one such as '::'.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    out = workdir / f"{path.name}.parquet"
+    # a fresh folder and file per attempt: polars may cache a parquet file's metadata by path
+    scratch = Path(tempfile.mkdtemp(prefix=f"{path.name}-", dir=workdir))
+    out = scratch / "fast.parquet"
     if not _fast(path, sep, schema, header, out):
-        log.info("%s: scanning line by line to locate malformed lines", path)
-        _slow(path, sep, schema, policy, header, optional, out)
+        log.info("%s: checking line by line to locate malformed lines", path)
+        out = scratch / "checked.parquet"
+        if not _by_line(path, sep, schema, policy, header, optional, out):
+            log.info("%s: lines are not all UTF-8; rescanning in Python", path)
+            out = scratch / "python.parquet"
+            _slow(path, sep, schema, policy, header, optional, out)
     frame = pl.scan_parquet(out).select(list(schema))
     return frame, frame.select(pl.len()).collect().item()
 
@@ -116,6 +124,66 @@ def _fast(path: Path, sep: str, schema: dict[str, pl.DataType], header: bool, ou
     except pl.exceptions.PolarsError as exc:
         log.debug("%s: polars reader refused the file: %s", path, exc)
         return False
+
+
+def _by_line(
+    path: Path,
+    sep: str,
+    schema: dict[str, pl.DataType],
+    policy: LinePolicy,
+    header: bool,
+    optional: frozenset[str],
+    out: Path,
+) -> bool:
+    """Flag bad lines with polars, report them in file order, write the rest to `out`.
+
+    False when polars cannot decode the lines (invalid UTF-8): only Python can isolate those.
+    """
+    parts = pl.col("line").str.split(sep)
+    fields = {name: parts.list.get(k, null_on_oob=True) for k, name in enumerate(schema)}
+    problems = [parts.list.len() != len(schema)]
+    for name, dtype in schema.items():
+        field = fields[name]
+        if name not in optional:
+            problems.append(field == "")
+        if dtype.is_numeric():
+            problems.append(field.cast(dtype, strict=False).is_null() & (field != ""))
+    lines = (
+        pl.scan_lines(path, row_index_name="_lineno", row_index_offset=1)
+        .filter((pl.col("_lineno") > int(header)) & (pl.col("line").str.strip_chars() != ""))
+        .with_columns(pl.any_horizontal(problems).fill_null(True).alias("_bad"))
+    )
+    flagged = lines.filter("_bad").select("_lineno", "line")
+    try:
+        bad = (flagged if policy.skip else flagged.head(1)).collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        log.debug("%s: polars cannot split the lines: %s", path, exc)
+        return False
+    for lineno, text in bad.iter_rows():
+        policy.bad(path, lineno, text, _reason(text.split(sep), schema, optional, sep))
+    typed = [
+        (pl.when(field != "").then(field) if name in optional else field)
+        .cast(schema[name])
+        .alias(name)
+        for name, field in fields.items()
+    ]
+    lines.filter(~pl.col("_bad")).select(typed).sink_parquet(out, compression="lz4")
+    return True
+
+
+def _reason(
+    fields: list[str], schema: dict[str, pl.DataType], optional: frozenset[str], sep: str
+) -> str:
+    """Why polars rejected a line, judged by the same casts it used."""
+    if len(fields) != len(schema):
+        return f"expected {len(schema)} fields separated by {sep!r}, found {len(fields)}"
+    for (name, dtype), value in zip(schema.items(), fields):
+        if value == "" and name not in optional:
+            return f"{name} is empty"
+        if value and dtype.is_numeric():
+            if pl.Series([value]).cast(dtype, strict=False).is_null().any():
+                return f"{name} is not a number: {value!r}"
+    return "cannot be parsed"
 
 
 def _slow(

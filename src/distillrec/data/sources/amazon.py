@@ -34,7 +34,7 @@ from distillrec.params import DatasetParams, IngestParams
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIZE = 32 << 20  # bytes of JSON per pyarrow batch: large enough to amortise, small in RAM
+BLOCK_SIZE = 8 << 20  # bytes of JSON per pyarrow batch: ~0.5 GiB peak RSS on 5M reviews, no slower
 SCAN_BATCH = 100_000  # rows buffered by the line-by-line scan before a Parquet write
 SNAP = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 UCSD = "https://datarepo.eng.ucsd.edu/mcauley_group/data"

@@ -43,7 +43,7 @@ RATINGS_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float32(),
     "timestamp": pl.Int64(),
 }
-ITEMS_SCHEMA: dict[str, pl.DataType] = {
+MOVIES_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
     "title": pl.String(),
     "categories": pl.List(pl.String()),
@@ -53,16 +53,17 @@ ITEMS_SCHEMA: dict[str, pl.DataType] = {
 def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: Path) -> RawData:
     found = _locate(raw_dir, dataset.name)
     if found is None:
+        name = dataset.name
+        downloads = [(URL.format(name=name), f"{name}.zip", None)] if name in INNER else []
+        layouts = "; ".join(" + ".join(pair) for pair in LAYOUTS)
         ensure_raw_files(
             raw_dir,
-            _expected(dataset.name),
-            [(URL.format(name=dataset.name), f"{dataset.name}.zip", None)]
-            if dataset.name in INNER
-            else [],
+            _expected(name),
+            downloads,
             ingest.download,
-            hint=f"(also accepted inside {raw_dir}/<archive folder>/, e.g. ml-10M100K/; "
-            "other MovieLens layouts: " + ", ".join(" + ".join(pair) for pair in LAYOUTS) + ")",
-            present=lambda: _locate(raw_dir, dataset.name) is not None,
+            hint=f"(or inside the archive's folder, e.g. {raw_dir}/ml-10M100K/; "
+            f"any MovieLens layout is accepted: {layouts})",
+            present=lambda: _locate(raw_dir, name) is not None,
         )
         found = _locate(raw_dir, dataset.name)
     ratings_path, items_path = found
@@ -132,7 +133,7 @@ def _read_items(path: Path, policy: LinePolicy) -> pl.DataFrame:
             policy.bad(path, lineno, text, row)
         else:
             rows.append(row)
-    return pl.DataFrame(rows, schema=ITEMS_SCHEMA, orient="row")
+    return pl.DataFrame(rows, schema=MOVIES_SCHEMA, orient="row")
 
 
 def _item_row(name: str, fields: list[str]) -> tuple[str, str, list[str]] | str:

@@ -1,0 +1,3 @@
+from distillrec.cli import main
+
+main()

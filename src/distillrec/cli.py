@@ -1,0 +1,67 @@
+"""`python -m distillrec recommend`: top-K items for a history from a saved student."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from distillrec.errors import DistillrecError
+from distillrec.io import setup_logging
+from distillrec.train.run import load_student
+
+log = logging.getLogger("distillrec.cli")
+
+
+def _history(text: str, item_map: pl.DataFrame) -> list[int]:
+    """Original item ids (as in the raw data) → internal indices, with a clear error."""
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise DistillrecError("--history is empty: give comma-separated item ids, e.g. --history 12,55,7")
+    index = dict(zip(item_map["item_id"].to_list(), item_map["item_idx"].to_list()))
+    unknown = [i for i in ids if i not in index]
+    if unknown:
+        raise DistillrecError(f"unknown item id(s) {', '.join(unknown)}: not in the model's catalogue "
+                              f"({len(index)} items, e.g. {', '.join(item_map['item_id'].head(3).to_list())})")
+    return [index[i] for i in ids]
+
+
+def recommend(model_dir: Path, history_text: str, k: int, keep_seen: bool) -> pl.DataFrame:
+    model, meta = load_student(model_dir)
+    item_map = pl.read_parquet(model_dir / "item_map.parquet")
+    history = _history(history_text, item_map)
+    max_length = int(meta["student"]["max_length"])
+    padded = ([0] * max_length + history)[-max_length:]
+    with torch.no_grad():
+        scores = model.score(model.user_states(torch.tensor([padded])))[0]
+    if not keep_seen:
+        scores[torch.tensor(history)] = torch.finfo(scores.dtype).min
+    top = scores.topk(min(k, meta["n_items"]))
+    ranked = pl.DataFrame({"rank": range(1, len(top.indices) + 1), "item_idx": top.indices.tolist(),
+                           "score": top.values.tolist()})
+    return ranked.join(item_map.select("item_idx", "item_id", "title"), on="item_idx").sort("rank")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="distillrec")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rec = commands.add_parser("recommend", help="top-K items for a history from a saved student")
+    rec.add_argument("--model", type=Path, required=True, help="saved student folder, e.g. models/students/sasrec-none")
+    rec.add_argument("--history", required=True, help="comma-separated item ids, oldest first (ids as in the raw data)")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
+    args = parser.parse_args(argv)
+    setup_logging(logging.WARNING)
+    if args.k < 1:
+        parser.error("--k must be >= 1")
+    try:
+        table = recommend(args.model, args.history, args.k, args.keep_seen)
+    except DistillrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for row in table.iter_rows(named=True):
+        print(f"{row['rank']:>3}  {row['item_id']:<14} {row['score']:8.3f}  {row['title'] or ''}")

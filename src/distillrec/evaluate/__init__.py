@@ -1,0 +1,1 @@
+"""Test-split evaluation of every row of the comparison table (popularity, students, ...)."""

@@ -1,0 +1,79 @@
+"""Rank the validation and test splits once per row and gather quality and cost in one table.
+
+Rows: `popularity` (training-item counts, the reference every model must beat) and each saved
+student folder. Per-user test ranks are kept so that comparisons can run paired tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from distillrec.data.splitdata import SplitData
+from distillrec.evaluate.cost import inference_cost
+from distillrec.params import EvaluateParams
+from distillrec.train.metrics import metrics_from_ranks
+from distillrec.train.ranking import Scorer, rank_split, student_scorer
+from distillrec.train.run import load_student
+from distillrec.train.trainer import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def popularity_scores(data: SplitData) -> torch.Tensor:
+    """Count of each item in the training part of every sequence (everything before validation)."""
+    within = np.arange(len(data.items)) - np.repeat(data.offsets[:-1], data.lengths)
+    in_train = within < np.repeat(data.lengths - 2, data.lengths)
+    counts = np.bincount(data.items[in_train], minlength=data.n_items + 1)
+    scores = torch.as_tensor(counts, dtype=torch.float32)
+    scores[0] = torch.finfo(torch.float32).min
+    return scores
+
+
+def popularity_scorer(data: SplitData) -> Scorer:
+    scores = popularity_scores(data)
+    return lambda history: scores.to(history.device).expand(len(history), -1)
+
+
+class Evaluator:
+    """Evaluates rows on one split with one protocol; collects metrics and per-user ranks."""
+
+    def __init__(self, processed: Path | str, cfg: EvaluateParams, device: str = "auto"):
+        self.data = SplitData.load(processed)
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.table: dict[str, Any] = {}
+        self.ranks: dict[str, np.ndarray] = {"user_idx": self.data.targets("test")[0]}
+
+    def add(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> None:
+        cfg = self.cfg
+        row: dict[str, Any] = {}
+        for split in ("valid", "test"):
+            _, ranks = rank_split(scorer, self.data, split, max_length, cfg.batch_size, self.device,
+                                  cfg.exclude_history)
+            row[split] = metrics_from_ranks(ranks, cfg.ks)
+        self.ranks[name] = ranks.numpy()
+        row["cost"] = cost | inference_cost(scorer, self.data, max_length, cfg.latency_batch_size,
+                                            cfg.latency_repeats, cfg.batch_size, self.device)
+        self.table[name] = row
+        log.info("%s: test %s", name, {k: round(v, 4) for k, v in row["test"].items()})
+
+    def add_popularity(self) -> None:
+        self.add("popularity", popularity_scorer(self.data), 1, {"parameters": 0})
+
+    def add_student(self, name: str, folder: Path | str) -> None:
+        model, meta = load_student(folder, self.device)
+        fit = meta["fit"]
+        cost = {"parameters": meta["parameters"], "threads": torch.get_num_threads(),
+                "size_mb": (Path(folder) / "model.pt").stat().st_size / 2**20,
+                "train_seconds": fit["seconds"], "seconds_to_best": fit["seconds_to_best"],
+                "epochs": fit["epochs"], "best_epoch": fit["best_epoch"]}
+        self.add(name, student_scorer(model), int(meta["student"]["max_length"]), cost)
+
+    def rank_table(self) -> pl.DataFrame:
+        return pl.DataFrame(self.ranks)

@@ -1,0 +1,50 @@
+import math
+
+import pytest
+import torch
+
+from distillrec.train.metrics import metric_per_example, metrics_from_ranks, target_ranks
+
+MIN = torch.finfo(torch.float32).min
+
+
+def scores(*rows):
+    return torch.tensor([[MIN, *row] for row in rows])
+
+
+def test_rank_counts_ties_against_the_model():
+    s = scores([0.1, 0.5, 0.5, 0.9], [1.0, 1.0, 1.0, 1.0])
+    ranks = target_ranks(s, torch.tensor([2, 1]))
+    # item 2 (0.5) ties item 3 and loses to item 4 → rank 3; a constant scorer ranks last
+    assert ranks.tolist() == [3, 4]
+
+
+def test_padding_column_never_competes_and_nan_ranks_last():
+    s = torch.tensor([[1e9, 0.2, 0.1], [0.0, float("nan"), 0.3]])
+    assert target_ranks(s, torch.tensor([1, 1])).tolist() == [1, 2]
+
+
+def test_history_exclusion_removes_competitors_but_never_the_target():
+    s = scores([0.9, 0.8, 0.7, 0.1])
+    exclude = torch.zeros(1, 5, dtype=torch.bool)
+    exclude[0, [1, 2, 3]] = True  # items 1, 2 and the target 3 are "history"
+    assert target_ranks(s, torch.tensor([3])).item() == 3
+    assert target_ranks(s, torch.tensor([3]), exclude).item() == 1
+
+
+def test_metric_values_by_hand():
+    ranks = torch.tensor([1, 2, 4, 11])
+    m = metrics_from_ranks(ranks, [1, 3, 10])
+    assert m["hr@1"] == pytest.approx(0.25)
+    assert m["hr@3"] == pytest.approx(0.5)
+    assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(3)) / 4)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 4) / 4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(5)) / 4)
+
+
+def test_k_larger_than_catalogue_hits_everything():
+    s = scores([0.3, 0.2, 0.1])
+    ranks = target_ranks(s, torch.tensor([3]))
+    assert ranks.item() == 3
+    assert metrics_from_ranks(ranks, [50])["hr@50"] == 1.0
+    assert metric_per_example(ranks, "ndcg@50").item() == pytest.approx(0.5)

@@ -1,0 +1,134 @@
+import json
+
+import polars as pl
+import pytest
+import torch
+
+from distillrec.cli import main as cli_main
+from distillrec.evaluate.evaluation import Evaluator, popularity_scores
+from distillrec.evaluate.report import write_reports
+from distillrec.params import EvaluateParams, Params, StudentParams, TrainParams
+from distillrec.train import trainer as trainer_module
+from distillrec.train.run import load_student, train_student
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def params(**train) -> Params:
+    return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
+                  train=TrainParams(**({"epochs": 4, "batch_size": 16, "lr": 3e-3, "seed": 3} | train)))
+
+
+def fit(tmp_path, name, small_split, **train):
+    summary = train_student(params(**train), small_split, tmp_path / name, tmp_path / f"ckpt-{name}",
+                            tmp_path / f"live-{name}")
+    return summary, load_student(tmp_path / name)[0]
+
+
+def test_loss_decreases_and_sasrec_beats_popularity(tmp_path, small_split):
+    summary, _ = fit(tmp_path, "m", small_split, epochs=25, patience=25)
+    history = summary["fit"]
+    evaluator = Evaluator(small_split, EvaluateParams(latency_repeats=5))
+    evaluator.add_popularity()
+    evaluator.add_student("baseline", tmp_path / "m")
+    table = evaluator.table
+    assert table["baseline"]["test"]["ndcg@10"] > 1.5 * table["popularity"]["test"]["ndcg@10"]
+    assert table["baseline"]["test"]["hr@10"] > table["popularity"]["test"]["hr@10"] + 0.1
+    live = json.loads((tmp_path / "live-m" / "metrics.json").read_text())
+    assert live["step"] == history["epochs"] - 1 and "loss" in live["train"]
+    losses = pl.read_csv(tmp_path / "live-m" / "plots" / "metrics" / "train" / "loss.tsv", separator="\t")["loss"]
+    assert losses[-1] < 0.8 * losses[0]
+    write_reports(table, evaluator.rank_table(), [5, 10, 20], "protocol", tmp_path / "metrics")
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    assert "| baseline |" in report and "| popularity |" in report
+    assert pl.read_parquet(tmp_path / "metrics" / "ranks.parquet").columns == ["user_idx", "popularity", "baseline"]
+
+
+def test_best_epoch_is_selected_on_validation(tmp_path, small_split):
+    summary, _ = fit(tmp_path, "m", small_split, epochs=6, patience=2)
+    history = torch.load(tmp_path / "ckpt-m" / "checkpoint.pt", weights_only=True)["state"]["history"]
+    best = max(range(len(history)), key=lambda i: history[i]["ndcg@10"])
+    assert summary["fit"]["best_epoch"] == best + 1
+    assert summary["fit"]["best_valid"] == history[best]
+    assert len(history) == 6 or len(history) - (best + 1) == 2  # stopped by patience or epochs
+
+
+def test_same_seed_same_model_and_bce_objective_trains(tmp_path, small_split):
+    _, a = fit(tmp_path, "a", small_split)
+    _, b = fit(tmp_path, "b", small_split)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    summary, _ = fit(tmp_path, "bce", small_split, objective="bce", negatives=4)
+    history = torch.load(tmp_path / "ckpt-bce" / "checkpoint.pt", weights_only=True)["state"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, monkeypatch):
+    _, reference = fit(tmp_path, "full", small_split)
+    original_save = trainer_module.Trainer._save
+    calls = []
+
+    def crash_after_two(self):
+        original_save(self)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path, "resumed", small_split)
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(trainer_module.Trainer, "_save", original_save)
+    summary, resumed = fit(tmp_path, "resumed", small_split)
+    assert summary["fit"]["epochs"] == 4
+    for (name, x), y in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path, small_split):
+    fit(tmp_path, "m", small_split, epochs=2)
+    summary, _ = fit(tmp_path, "m", small_split, epochs=3, lr=1e-3)
+    assert summary["fit"]["epochs"] == 3
+
+
+def test_popularity_counts_only_training_part(small_split):
+    from distillrec.data.splitdata import SplitData
+    data = SplitData.load(small_split)
+    scores = popularity_scores(data)
+    assert scores[1:].sum().item() == (data.lengths - 2).sum()
+
+
+def test_recommend_cli(tmp_path, small_split, capsys):
+    fit(tmp_path, "m", small_split, epochs=1)
+    item_map = pl.read_parquet(small_split / "item_map.parquet")
+    history = ",".join(item_map["item_id"][:3])
+    cli_main(["recommend", "--model", str(tmp_path / "m"), "--history", history, "--k", "5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].split()[0] == "1"
+    recommended = [line.split()[1] for line in lines]
+    assert not set(recommended) & set(history.split(","))  # seen items are not recommended
+    assert all(title in item_map["title"].to_list() for title in
+               [line.split(maxsplit=3)[3] for line in lines])
+
+
+@pytest.mark.parametrize(("history", "message"), [
+    ("nope,alsonope", "unknown item id(s) nope, alsonope"),
+    (" , ", "--history is empty"),
+])
+def test_recommend_bad_input(tmp_path, small_split, capsys, history, message):
+    fit(tmp_path, "m", small_split, epochs=1)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["recommend", "--model", str(tmp_path / "m"), "--history", history])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_recommend_missing_model(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["recommend", "--model", str(tmp_path / "absent"), "--history", "1"])
+    assert "is not a saved student: model.pt is missing" in capsys.readouterr().err
