@@ -29,6 +29,7 @@ def test_repository_params_file_is_valid_and_complete():
         ({"bogus_section": {}}, "unknown key 'bogus_section'"),
         ({"dataset": {"synthetic": {"min_length": 30, "max_length": 10}}}, "min_length must be <= max_length"),
         ({"student": {"hidden": 30, "heads": 4}}, "must be divisible by heads"),
+        ({"train": {"window_stride": 60}}, "train.window_stride (60) must be <= student.max_length (50)"),
     ],
 )
 def test_bad_params_name_the_key_and_allowed_values(raw, fragment):

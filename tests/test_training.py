@@ -9,7 +9,8 @@ from distillrec.evaluate.evaluation import Evaluator, popularity_scores
 from distillrec.evaluate.report import write_reports
 from distillrec.params import EvaluateParams, Params, StudentParams, TrainParams
 from distillrec.train import trainer as trainer_module
-from distillrec.train.run import load_student, train_student
+from distillrec.students.saved import load_student
+from distillrec.train.run import train_student
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import torch
 
 from distillrec.errors import DistillrecError
 from distillrec.io import setup_logging
-from distillrec.train.run import load_student
+from distillrec.students.saved import load_student
 
 log = logging.getLogger("distillrec.cli")
 

@@ -127,6 +127,8 @@ class TrainParams(Section):
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(64, ge=1, description="Training windows per step")
+    window_stride: int | None = Field(
+        None, ge=1, description="Positions between training windows; null = student.max_length")
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Epochs without validation gain before stopping")
     select_metric: str = "ndcg@10"
@@ -164,6 +166,14 @@ class Params(Section):
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        stride = self.train.window_stride
+        if stride is not None and stride > self.student.max_length:
+            raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "
+                             f"({self.student.max_length})")
+        return self
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

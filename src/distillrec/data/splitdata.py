@@ -69,21 +69,29 @@ class SplitData:
         return (rows["user_idx"].to_numpy().astype(np.int64), rows["position"].to_numpy().astype(np.int64),
                 rows["item_idx"].to_numpy().astype(np.int64))
 
-    def training_windows(self, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Left-padded windows [W, max_length + 1] covering every training target exactly once.
+    def training_windows(self, max_length: int, stride: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Left-padded windows [W, max_length + 1] that supervise every training target once.
 
-        A user's training part is everything before the validation target; it is cut from the
-        end into windows of max_length + 1 items overlapping by one, so each training target
-        appears once with up to max_length items of context (truncating long histories instead
-        loses most targets on datasets like MovieLens). Returns (windows, user_idx, end) where
-        the window holds positions end - max_length - 1 .. end - 1 of the user's sequence.
+        A user's training part (everything before the validation target) is cut from the end into
+        windows of max_length + 1 items, one every `stride` positions (default max_length). A
+        window supervises only its last `stride` targets, except the user's earliest window,
+        which supervises all of its targets; so with stride < max_length every target keeps at
+        least max_length - stride items of context (or all it has). Truncating long histories
+        instead would lose most targets on datasets like MovieLens.
+
+        Returns (windows, user_idx, end, first): a window holds positions end - max_length - 1 ..
+        end - 1 of the user's sequence, and target columns before `first` are not supervised.
         """
+        stride = stride or max_length
         train_len = self.lengths - 2
-        n_windows = np.maximum(1, np.ceil((train_len - 1) / max_length).astype(np.int64))
+        later = np.maximum(0, -(-(train_len - 1 - max_length) // stride))
+        n_windows = later + 1
         users = np.repeat(np.arange(1, self.n_users + 1), n_windows)
         k = np.arange(n_windows.sum()) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
-        ends = np.repeat(train_len, n_windows) - k * max_length
-        return self.histories(users, ends, max_length + 1), users, ends
+        ends = np.repeat(train_len, n_windows) - k * stride
+        first = np.where(k == np.repeat(later, n_windows), 0, max_length - stride)
+        return self.histories(users, ends, max_length + 1), users, ends, first
 
     def history_sets(self, users: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) pairs of every item before `position` for each example (for exclusion)."""

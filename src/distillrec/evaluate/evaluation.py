@@ -19,7 +19,7 @@ from distillrec.evaluate.cost import inference_cost
 from distillrec.params import EvaluateParams
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.ranking import Scorer, rank_split, student_scorer
-from distillrec.train.run import load_student
+from distillrec.students.saved import load_student
 from distillrec.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,18 @@
-"""Train one student end to end and save it as a self-contained, servable folder.
-
-A saved student folder holds `model.pt` (weights), `student.json` (architecture params, catalogue
-size, fit summary) and `item_map.parquet` (ids and titles), so serving needs nothing else.
-"""
+"""Train one student end to end and save it as a self-contained, servable folder."""
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distillrec.data.splitdata import SplitData
-from distillrec.errors import DataError
-from distillrec.io import atomic_dir, sha256_file
-from distillrec.params import Params, StudentParams
-from distillrec.students import Student, build_student
+from distillrec.io import sha256_file
+from distillrec.params import Params
+from distillrec.students import build_student
+from distillrec.students.saved import save_student
 from distillrec.train.objectives import Objective, cross_entropy, sampled_bce
 from distillrec.train.trainer import Trainer
 
@@ -45,23 +39,8 @@ def train_student(params: Params, processed: Path | str, out_dir: Path | str, ch
                "parameters": sum(p.numel() for p in model.parameters()),
                "train": params.train.model_dump(mode="json"), "fit": state.summary(),
                "threads": torch.get_num_threads()}
-    with atomic_dir(out_dir) as tmp:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / "model.pt")
-        (tmp / "student.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        shutil.copy2(processed / "item_map.parquet", tmp / "item_map.parquet")
+    save_student(out_dir, model, summary, processed / "item_map.parquet")
     log.info("saved %s: best epoch %d of %d, valid %s %.4f", out_dir, state.best_epoch, state.epoch,
              params.train.select_metric, state.best_metric)
     return summary
 
-
-def load_student(model_dir: Path | str, device: torch.device | str = "cpu") -> tuple[Student, dict[str, Any]]:
-    """Rebuild a saved student in eval mode."""
-    model_dir = Path(model_dir)
-    for name in ("model.pt", "student.json", "item_map.parquet"):
-        if not (model_dir / name).is_file():
-            raise DataError(f"{model_dir} is not a saved student: {name} is missing "
-                            "(train one with `dvc repro` first)")
-    meta = json.loads((model_dir / "student.json").read_text())
-    model = build_student(StudentParams.model_validate(meta["student"]), meta["n_items"])
-    model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device, weights_only=True))
-    return model.to(device).eval(), meta

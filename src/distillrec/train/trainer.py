@@ -75,7 +75,8 @@ class Trainer:
         self.device = resolve_device(train.device)
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-        self.windows, self.users, self.ends = (torch.as_tensor(a) for a in data.training_windows(self.max_length))
+        self.windows, self.users, self.ends, self.first = (
+            torch.as_tensor(a) for a in data.training_windows(self.max_length, train.window_stride))
         self.state = FitState(fingerprint(student, train, data_id))
         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -112,7 +113,10 @@ class Trainer:
         for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=None):
             idx = order[start:start + self.cfg.batch_size]
             inputs, targets = self.model.training_pair(self.windows[idx], generator)
-            offset = torch.arange(targets.shape[1]) - targets.shape[1]
+            column = torch.arange(targets.shape[1])
+            if self.model.causal:  # targets already supervised by a later window
+                targets = targets.masked_fill(column < self.first[idx, None], 0)
+            offset = column - targets.shape[1]
             batch = Batch(inputs.to(self.device), targets.to(self.device), self.users[idx].to(self.device),
                           (self.ends[idx, None] + offset).to(self.device), generator)
             loss, _ = self.objective(self.model, batch)
