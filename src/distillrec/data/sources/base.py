@@ -1,12 +1,9 @@
-"""What every raw-data source returns, plus the line-level helpers they share."""
+"""What every raw-data source returns, and the helpers every source shares."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,22 +44,6 @@ class LinePolicy:
         if self.dropped[key] < 5:
             log.warning("skipping %s:%d: %s", path, lineno, reason)
         self.dropped[key] += 1
-
-
-def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open plain or gzip text by suffix; newline='' keeps line numbering exact."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline=None)
-    return open(path, encoding=encoding)
-
-
-def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line without its newline); blank lines are skipped."""
-    with open_text(path, encoding) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield lineno, line
 
 
 def find_file(directory: Path, names: list[str]) -> Path | None:
