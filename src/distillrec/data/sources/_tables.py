@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import logging
 import tempfile
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,20 +87,33 @@ def read_delimited(
     workdir.mkdir(parents=True, exist_ok=True)
     # a fresh folder and file per attempt: polars may cache a parquet file's metadata by path
     scratch = Path(tempfile.mkdtemp(prefix=f"{path.name}-", dir=workdir))
+    layout = _Layout(path, sep, schema, header, optional)
     out = scratch / "fast.parquet"
-    if not _fast(path, sep, schema, header, out):
+    if not _fast(layout, out):
         log.info("%s: checking line by line to locate malformed lines", path)
         out = scratch / "checked.parquet"
-        if not _by_line(path, sep, schema, policy, header, optional, out):
+        if not _by_line(layout, policy, out):
             log.info("%s: lines are not all UTF-8; rescanning in Python", path)
             out = scratch / "python.parquet"
-            _slow(path, sep, schema, policy, header, optional, out)
+            _slow(layout, policy, out)
     frame = pl.scan_parquet(out).select(list(schema))
     return frame, frame.select(pl.len()).collect().item()
 
 
-def _fast(path: Path, sep: str, schema: dict[str, pl.DataType], header: bool, out: Path) -> bool:
+@dataclass(frozen=True)
+class _Layout:
+    """What every reading path needs to know about one delimited file."""
+
+    path: Path
+    sep: str
+    schema: dict[str, pl.DataType]
+    header: bool
+    optional: frozenset[str]
+
+
+def _fast(layout: _Layout, out: Path) -> bool:
     """Parse with polars into `out`; False when the exact line-by-line scan is needed."""
+    path, sep, schema, header = layout.path, layout.sep, layout.schema, layout.header
     names = list(schema)
     csv_schema: dict[str, pl.DataType] = {}
     gaps = []  # polars separators are one byte: read 'a::b' as 'a', '', 'b' and check the ''
@@ -126,19 +140,12 @@ def _fast(path: Path, sep: str, schema: dict[str, pl.DataType], header: bool, ou
         return False
 
 
-def _by_line(
-    path: Path,
-    sep: str,
-    schema: dict[str, pl.DataType],
-    policy: LinePolicy,
-    header: bool,
-    optional: frozenset[str],
-    out: Path,
-) -> bool:
+def _by_line(layout: _Layout, policy: LinePolicy, out: Path) -> bool:
     """Flag bad lines with polars, report them in file order, write the rest to `out`.
 
     False when polars cannot decode the lines (invalid UTF-8): only Python can isolate those.
     """
+    path, sep, schema, optional = layout.path, layout.sep, layout.schema, layout.optional
     parts = pl.col("line").str.split(sep)
     fields = {name: parts.list.get(k, null_on_oob=True) for k, name in enumerate(schema)}
     problems = [parts.list.len() != len(schema)]
@@ -150,7 +157,7 @@ def _by_line(
             problems.append(field.cast(dtype, strict=False).is_null() & (field != ""))
     lines = (
         pl.scan_lines(path, row_index_name="_lineno", row_index_offset=1)
-        .filter((pl.col("_lineno") > int(header)) & (pl.col("line").str.strip_chars() != ""))
+        .filter((pl.col("_lineno") > int(layout.header)) & (pl.col("line").str.strip_chars() != ""))
         .with_columns(pl.any_horizontal(problems).fill_null(True).alias("_bad"))
     )
     flagged = lines.filter("_bad").select("_lineno", "line")
@@ -160,7 +167,7 @@ def _by_line(
         log.debug("%s: polars cannot split the lines: %s", path, exc)
         return False
     for lineno, text in bad.iter_rows():
-        policy.bad(path, lineno, text, _reason(text.split(sep), schema, optional, sep))
+        policy.bad(path, lineno, text, _reason(layout, text.split(sep)))
     typed = [
         (pl.when(field != "").then(field) if name in optional else field)
         .cast(schema[name])
@@ -171,14 +178,12 @@ def _by_line(
     return True
 
 
-def _reason(
-    fields: list[str], schema: dict[str, pl.DataType], optional: frozenset[str], sep: str
-) -> str:
+def _reason(layout: _Layout, fields: list[str]) -> str:
     """Why polars rejected a line, judged by the same casts it used."""
-    if len(fields) != len(schema):
-        return f"expected {len(schema)} fields separated by {sep!r}, found {len(fields)}"
-    for (name, dtype), value in zip(schema.items(), fields):
-        if value == "" and name not in optional:
+    if len(fields) != len(layout.schema):
+        return f"expected {len(layout.schema)} fields separated by {layout.sep!r}, found {len(fields)}"
+    for (name, dtype), value in zip(layout.schema.items(), fields):
+        if value == "" and name not in layout.optional:
             return f"{name} is empty"
         if value and dtype.is_numeric():
             if pl.Series([value]).cast(dtype, strict=False).is_null().any():
@@ -186,23 +191,15 @@ def _reason(
     return "cannot be parsed"
 
 
-def _slow(
-    path: Path,
-    sep: str,
-    schema: dict[str, pl.DataType],
-    policy: LinePolicy,
-    header: bool,
-    optional: frozenset[str],
-    out: Path,
-) -> None:
+def _slow(layout: _Layout, policy: LinePolicy, out: Path) -> None:
+    path, schema, optional = layout.path, layout.schema, layout.optional
     names = list(schema)
     chunks: list[pl.DataFrame] = []
     rows: list[list[object]] = []
-    for lineno, text in iter_checked_lines(path, policy, skip=int(header)):
-        fields = text.split(sep)
+    for lineno, text in iter_checked_lines(path, policy, skip=int(layout.header)):
+        fields = text.split(layout.sep)
         if len(fields) != len(names):
-            reason = f"expected {len(names)} fields separated by {sep!r}, found {len(fields)}"
-            policy.bad(path, lineno, text, reason)
+            policy.bad(path, lineno, text, _reason(layout, fields))
             continue
         try:
             rows.append([_parse(n, v, schema[n], n in optional) for n, v in zip(names, fields)])
