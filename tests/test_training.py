@@ -8,7 +8,7 @@ from distillrec.cli import main as cli_main
 from distillrec.evaluate.evaluation import Evaluator, popularity_scores
 from distillrec.evaluate.report import write_reports
 from distillrec.params import EvaluateParams, Params, StudentParams, TrainParams
-from distillrec.train import trainer as trainer_module
+from distillrec.train import loop as loop_module
 from distillrec.students.saved import load_student
 from distillrec.train.run import train_student
 
@@ -72,7 +72,7 @@ def test_same_seed_same_model_and_bce_objective_trains(tmp_path, small_split):
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, monkeypatch):
     _, reference = fit(tmp_path, "full", small_split)
-    original_save = trainer_module.Trainer._save
+    original_save = loop_module.Loop._save
     calls = []
 
     def crash_after_two(self):
@@ -81,11 +81,11 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, m
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_module.Trainer, "_save", crash_after_two)
+    monkeypatch.setattr(loop_module.Loop, "_save", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         fit(tmp_path, "resumed", small_split)
     assert not (tmp_path / "resumed").exists()
-    monkeypatch.setattr(trainer_module.Trainer, "_save", original_save)
+    monkeypatch.setattr(loop_module.Loop, "_save", original_save)
     summary, resumed = fit(tmp_path, "resumed", small_split)
     assert summary["fit"]["epochs"] == 4
     for (name, x), y in zip(reference.state_dict().items(), resumed.state_dict().values()):

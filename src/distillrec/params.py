@@ -6,6 +6,8 @@ dotted path and the allowed values instead of surfacing as a KeyError deep in a 
 
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from distillrec.errors import ParamsError
 
 PARAMS_FILE = Path("params.yaml")
+TEACHER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
 class Section(BaseModel):
@@ -143,6 +146,107 @@ class TrainParams(Section):
         return self
 
 
+class LoraParams(Section):
+    """peft LoRA on the base model (teacher.finetune: lora)."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="null = the family default: T5 q,v; causal q_proj,k_proj,v_proj,o_proj")
+
+
+class ModelConfigParams(Section):
+    """Sizes of a teacher built from a config (base_model: null), with a tokenizer trained on the data."""
+
+    d_model: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    d_ff: int = Field(128, ge=8)
+    vocab_size: int = Field(1000, ge=64, description="Size of the tokenizer trained on the dataset text")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfigParams:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TeacherTrainParams(Section):
+    """Optimisation of a teacher; the epoch is selected on the validation loss."""
+
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+    sample: int | None = Field(None, ge=1, description="Train on a random sample of N examples (BIGRec: 1024)")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    gradient_checkpointing: bool = False
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    valid_examples: int | None = Field(512, ge=1, description="Validation examples per epoch; null = all")
+
+
+class TeacherExportParams(Section):
+    """Which examples the teacher scores, and how many items it lists for each."""
+
+    top_k: int = Field(20, ge=1)
+    train_positions: Literal["all"] | int = Field(
+        "all", description="all training examples, or the last N training positions of each user")
+    batch_size: int = Field(64, ge=1)
+
+
+class Seq2SeqParams(Section):
+    """POD-style T5 teacher (ALGORITHMS.md section 2)."""
+
+    tasks: list[Literal["sequential", "explanation"]] = Field(["sequential", "explanation"], min_length=1)
+    prompts_per_task: int = Field(3, ge=1, description="Continuous prompt vectors per task (POD P)")
+    max_history: int = Field(20, ge=1, description="Most recent items in the input")
+    explanation_tokens: int = Field(20, ge=1, description="Reference explanations truncated to this")
+    explanation_beams: int = Field(4, ge=1)
+    beams: int | None = Field(None, ge=1, description="Beams for top-K; null = export.top_k")
+
+
+class CausalParams(Section):
+    """BIGRec-style causal-LM teacher (ALGORITHMS.md section 1.9)."""
+
+    max_history: int = Field(10, ge=1, description="Most recent items listed in the prompt")
+    ranking: Literal["scoring", "grounding"] = "scoring"
+    lm_weight: float = Field(1.0, ge=0.0, description="Weight of the next-title LM loss")
+    scoring_weight: float = Field(1.0, ge=0.0, description="Weight of the softmax loss on item-end states")
+    max_title_tokens: int = Field(32, ge=1, description="Titles are cut to this many tokens")
+    grounding_beams: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CausalParams:
+        if self.lm_weight == 0 and self.scoring_weight == 0:
+            raise ValueError("lm_weight and scoring_weight cannot both be 0")
+        return self
+
+
+class TeacherParams(Section):
+    """One teacher: the family, where its weights come from, how it trains and exports."""
+
+    family: Literal["seq2seq", "causal"] = "seq2seq"
+    base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
+    finetune: Literal["lora", "full"] = "lora"
+    config: ModelConfigParams = ModelConfigParams()
+    lora: LoraParams = LoraParams()
+    train: TeacherTrainParams = TeacherTrainParams()
+    export: TeacherExportParams = TeacherExportParams()
+    seq2seq: Seq2SeqParams = Seq2SeqParams()
+    causal: CausalParams = CausalParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherParams:
+        beams = self.seq2seq.beams
+        if self.family == "seq2seq" and beams is not None and beams < self.export.top_k:
+            raise ValueError(f"seq2seq.beams ({beams}) must be >= export.top_k ({self.export.top_k})")
+        return self
+
+
 class EvaluateParams(Section):
     """Full-ranking evaluation protocol and inference-cost measurement."""
 
@@ -165,10 +269,14 @@ class Params(Section):
     split: SplitParams = SplitParams()
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
+    teachers: dict[str, TeacherParams] = {}
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
     def _check(self) -> Params:
+        for name in self.teachers:
+            if not TEACHER_NAME.fullmatch(name):
+                raise ValueError(f"teacher name {name!r}: use letters, digits, '_' and '-'")
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
             raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "
@@ -179,10 +287,12 @@ class Params(Section):
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        parent = model
+        parent: Any = model
         for part in error["loc"][:-1]:
-            annotation = parent.model_fields[str(part)].annotation
-            parent = annotation if isinstance(annotation, type) else parent
+            if isinstance(parent, type) and issubclass(parent, BaseModel):
+                parent = parent.model_fields[str(part)].annotation
+            else:  # a mapping of named sections, e.g. teachers.<name>
+                parent = typing.get_args(parent)[-1]
         allowed = ", ".join(parent.model_fields)
         return f"unknown key '{key}'; allowed keys here: {allowed}"
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"

@@ -109,6 +109,17 @@ def _examples(frame: pl.DataFrame) -> pl.DataFrame:
             .with_columns(pl.col("split").cast(pl.Enum(SPLITS))))
 
 
+def _reviews(interim: Path, frame: pl.DataFrame) -> pl.DataFrame:
+    """Review text of every kept interaction that has some, keyed like the examples."""
+    position = pl.int_range(pl.len()).over("user_idx").cast(pl.Int32)
+    keys = frame.select("user_idx", position.alias("position"), "item_idx", "order").lazy()
+    text = (pl.scan_parquet(interim / "interactions.parquet").with_row_index("order")
+            .select(pl.col("order").cast(pl.Int64), "review_title", "review_text")
+            .filter(pl.col("review_title").is_not_null() | pl.col("review_text").is_not_null()))
+    return (keys.with_columns(pl.col("order").cast(pl.Int64)).join(text, on="order")
+            .drop("order").sort("user_idx", "position").collect())
+
+
 def data_metrics(raw: dict[str, int], sequences: pl.DataFrame, examples: pl.DataFrame) -> dict[str, Any]:
     lengths = sequences["items"].list.len()
     users, items = sequences.height, sequences["items"].explode(empty_as_null=False).n_unique()
@@ -148,6 +159,7 @@ def run_split(params: Params, interim_dir: Path | str, out_dir: Path | str,
         examples.write_parquet(tmp / "examples.parquet")
         user_map.write_parquet(tmp / "user_map.parquet")
         item_map.write_parquet(tmp / "item_map.parquet")
+        _reviews(interim, frame).write_parquet(tmp / "reviews.parquet")
         write_json(tmp / "split_report.json", report)
     write_json(metrics_path, metrics)
     log.info("split: %d users, %d items, %d interactions (k-core rounds: %d)",

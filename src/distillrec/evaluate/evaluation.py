@@ -20,7 +20,7 @@ from distillrec.params import EvaluateParams
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.ranking import Scorer, rank_split, student_scorer
 from distillrec.students.saved import load_student
-from distillrec.train.trainer import resolve_device
+from distillrec.train.loop import resolve_device
 
 log = logging.getLogger(__name__)
 

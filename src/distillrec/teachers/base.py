@@ -1,0 +1,165 @@
+"""The Teacher interface and the Hugging Face plumbing both families share.
+
+A teacher folder (`models/teachers/<name>/`) is self-contained: `backbone/` (the full model when it
+was built from a config or fully fine-tuned), `adapter/` (peft LoRA weights), `tokenizer/`,
+`extras.pt` (the family's own trainable modules) and `teacher.json` (params and training summary).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distillrec.errors import DataError
+from distillrec.params import TeacherExportParams, TeacherParams
+from distillrec.teachers.data import TeacherData
+from distillrec.teachers.export import ExportTables
+from distillrec.train.loop import FitState, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dtype(cfg: TeacherParams, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA unless fp32 is asked for; fp32 on CPU unless bf16 is asked for."""
+    precision = cfg.train.precision
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def from_pretrained(auto_cls: Any, name: str, **kwargs: Any) -> Any:
+    """`auto_cls.from_pretrained` with an error that says what was looked for and where."""
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise DataError(f"teacher base_model {name!r}: no such folder")
+    try:
+        return auto_cls.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"teacher base_model {name!r} could not be loaded with {auto_cls.__name__} "
+                        f"(a Hugging Face id needs network access or the local cache; a folder needs "
+                        f"config.json and weights): {exc}") from None
+
+
+def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: list[str],
+                   task_type: str) -> torch.nn.Module:
+    """LoRA via peft (only adapter weights train), or the whole model for `full`."""
+    if cfg.finetune == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
+                        target_modules=lora.target_modules or default_targets)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise DataError(f"LoRA target_modules {config.target_modules} do not match the model: {exc}") from None
+
+
+def save_backbone(model: torch.nn.Module, cfg: TeacherParams, folder: Path) -> None:
+    """The adapter (LoRA) and, unless the base is a named pretrained model, the full base too."""
+    if cfg.finetune == "lora":
+        model.save_pretrained(folder / "adapter")
+        if cfg.base_model is None:
+            model.get_base_model().save_pretrained(folder / "backbone")
+            _strip_adapter_keys(folder / "backbone")
+    else:
+        model.save_pretrained(folder / "backbone")
+
+
+def _strip_adapter_keys(folder: Path) -> None:
+    """A peft-wrapped base saves `base_layer`/`lora_` keys; keep only the original weights."""
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.glob("*.safetensors"):
+        tensors = load_file(path)
+        clean = {k.replace(".base_layer.", "."): v for k, v in tensors.items() if "lora_" not in k}
+        save_file(clean, path, metadata={"format": "pt"})
+
+
+def load_backbone(auto_cls: Any, cfg: TeacherParams, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """Inverse of `save_backbone`: base (saved or named) plus the saved adapter."""
+    base_dir = folder / "backbone"
+    base = from_pretrained(auto_cls, str(base_dir) if base_dir.is_dir() else cfg.base_model, dtype=dtype)
+    if cfg.finetune == "full":
+        return base
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, folder / "adapter")
+
+
+def load_extras(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
+    path = folder / "extras.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise DataError(f"{path} is unreadable ({type(exc).__name__}: {exc}); re-run train_teacher") from None
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+
+
+class Teacher(ABC):
+    """One family of LLM teacher: build, fit on the split, save/load, export the common schema."""
+
+    family: ClassVar[str]
+
+    def __init__(self, cfg: TeacherParams, device: torch.device):
+        self.cfg, self.device = cfg, device
+
+    @classmethod
+    @abstractmethod
+    def create(cls, cfg: TeacherParams, data: TeacherData) -> Teacher:
+        """Build from `cfg.base_model` (or from `cfg.config` with a tokenizer trained on `data`)."""
+
+    @abstractmethod
+    def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
+        """Train with `train.loop.Loop` (validation-only selection, checkpoint/resume)."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write backbone/adapter, tokenizer and extras into `folder` (already created)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, cfg: TeacherParams) -> Teacher:
+        """Inverse of `save`."""
+
+    @abstractmethod
+    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
+        """Top-K (and embeddings, states, explanations where the family has them) for `examples`."""
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+
+def teacher_class(family: str) -> type[Teacher]:
+    """The family's class, imported lazily (transformers is slow to import)."""
+    if family == "seq2seq":
+        from distillrec.teachers.seq2seq import Seq2SeqTeacher
+        return Seq2SeqTeacher
+    if family == "causal":
+        from distillrec.teachers.causal import CausalTeacher
+        return CausalTeacher
+    raise DataError(f"unknown teacher family {family!r}")
+
+
+def read_summary(folder: Path | str) -> dict[str, Any]:
+    path = Path(folder) / "teacher.json"
+    if not path.is_file():
+        raise DataError(f"{folder} is not a trained teacher (no teacher.json): run train_teacher")
+    return json.loads(path.read_text())
+
+
+def device_of(cfg: TeacherParams) -> torch.device:
+    return resolve_device(cfg.train.device)

@@ -1,0 +1,201 @@
+"""The epoch loop shared by students and teachers: validation-only selection, resumable.
+
+A task supplies one training epoch and a validation; this loop owns early stopping, the
+per-epoch checkpoint, dvclive curves and the progress bar. Checkpoints hold only the trainable
+tensors (all of a student; the adapter and new modules of a LoRA teacher), so a 7B teacher
+checkpoints megabytes, not gigabytes. Each epoch's randomness comes from a generator seeded by
+(seed, epoch) and the global RNG is saved, so a resumed run ends with the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from dvclive import Live
+from tqdm import tqdm
+
+from distillrec.errors import DataError
+from distillrec.io import atomic_file
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Identity of a run's configuration: a checkpoint is resumed only by the same config."""
+    text = json.dumps([p if isinstance(p, (str, int, float, list, dict)) else p.model_dump(mode="json")
+                       for p in parts], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator for one epoch's shuffling and sampling."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the tensors training changes: parameters with requires_grad, and buffers."""
+    state = {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+    state.update({name: b.detach().clone() for name, b in module.named_buffers()})
+    return state
+
+
+class EpochTask(Protocol):
+    """What the loop trains: a module, its optimiser, one epoch, one validation."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def train_epoch(self, epoch: int) -> float:
+        """Train one epoch (seed its randomness with `epoch_generator`); return the mean loss."""
+
+    def validate(self) -> dict[str, float]:
+        """Metrics on the validation split (never the test split)."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    patience: int
+    select_metric: str
+    seed: int
+    higher_is_better: bool = True
+
+
+@dataclass
+class FitState:
+    """Everything a resumed run needs; saved atomically after every epoch."""
+
+    fingerprint: str
+    epoch: int = 0
+    best_metric: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+    seconds: float = 0.0
+    seconds_to_best: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"epochs": self.epoch, "best_epoch": self.best_epoch, "seconds": self.seconds,
+                "seconds_to_best": self.seconds_to_best, "seconds_per_epoch": self.seconds / max(self.epoch, 1),
+                "best_valid": self.history[self.best_epoch - 1] if self.best_epoch else {}}
+
+
+class _NoLive:
+    """Curves are logged by the main process only."""
+
+    def log_metric(self, name: str, value: float) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+
+class Loop:
+    """Runs an EpochTask to convergence and leaves the best validation weights in its module."""
+
+    def __init__(self, task: EpochTask, cfg: LoopConfig, checkpoint_dir: Path | str, live_dir: Path | str,
+                 run_id: str, is_main: bool = True):
+        self.task, self.cfg, self.is_main = task, cfg, is_main
+        self.checkpoint_dir, self.live_dir = Path(checkpoint_dir), Path(live_dir)
+        self.state = FitState(run_id)
+        self.best_weights = trainable_state(task.module)
+
+    def _save(self) -> None:
+        if not self.is_main:  # data-parallel workers hold the same weights as the main process
+            return
+        with atomic_file(self.checkpoint_dir / CHECKPOINT) as tmp:
+            torch.save({"model": trainable_state(self.task.module), "optimizer": self.task.optimizer.state_dict(),
+                        "best_weights": self.best_weights, "rng": torch.get_rng_state(),
+                        "state": self.state.__dict__}, tmp)
+
+    def _try_resume(self) -> bool:
+        path = self.checkpoint_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign files
+            raise DataError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+                            f"delete it to train from scratch") from None
+        if saved["state"]["fingerprint"] != self.state.fingerprint:
+            log.info("ignoring %s: it was written with other params or data", path)
+            return False
+        self.task.module.load_state_dict(saved["model"], strict=False)
+        self.task.optimizer.load_state_dict(saved["optimizer"])
+        self.best_weights = saved["best_weights"]
+        torch.set_rng_state(saved["rng"])
+        self.state = FitState(**saved["state"])
+        log.info("resuming from %s after epoch %d", path, self.state.epoch)
+        return True
+
+    def _improved(self, value: float) -> bool:
+        best = self.state.best_metric
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value > best if self.cfg.higher_is_better else value < best
+
+    def run(self) -> FitState:
+        """Train until patience runs out or `epochs`; leaves the best weights in the module."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.cfg.seed)
+        resumed = self._try_resume()
+        metric = self.cfg.select_metric
+        live = (Live(str(self.live_dir), resume=resumed, dvcyaml=None, save_dvc_exp=False, report=None)
+                if self.is_main else contextlib.nullcontext(_NoLive()))
+        with live as live:
+            bar = tqdm(total=self.cfg.epochs, initial=self.state.epoch, desc="training",
+                       disable=None if self.is_main else True)
+            while not self.state.finished:
+                self._epoch(live)
+                bar.update(1)
+                bar.set_postfix({metric: f"{self.state.history[-1][metric]:.4f}"})
+            bar.close()
+        self.task.module.load_state_dict(self.best_weights, strict=False)
+        self.task.module.eval()
+        return self.state
+
+    def _epoch(self, live: Live | _NoLive) -> None:
+        state, cfg = self.state, self.cfg
+        started = time.perf_counter()
+        epoch = state.epoch + 1
+        self.task.module.train()
+        loss = self.task.train_epoch(epoch)
+        self.task.module.eval()
+        with torch.no_grad():
+            valid = self.task.validate()
+        state.seconds += time.perf_counter() - started
+        state.epoch = epoch
+        state.history.append({"loss": loss, **valid})
+        if self._improved(valid[cfg.select_metric]):
+            state.best_metric, state.best_epoch, state.bad_epochs = valid[cfg.select_metric], epoch, 0
+            state.seconds_to_best = state.seconds
+            self.best_weights = trainable_state(self.task.module)
+        else:
+            state.bad_epochs += 1
+        state.finished = state.bad_epochs >= cfg.patience or epoch >= cfg.epochs
+        live.log_metric("train/loss", loss)
+        for name, value in valid.items():
+            live.log_metric(f"valid/{name}", value)
+        live.next_step()
+        log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f @ %d)", epoch, loss, cfg.select_metric,
+                 valid[cfg.select_metric], float("nan") if state.best_metric is None else state.best_metric,
+                 state.best_epoch)
+        self._save()
