@@ -10,6 +10,8 @@ def main(params):
     cfg = params.evaluate
     evaluator = Evaluator("data/processed", cfg, params.train.device)
     evaluator.add_popularity()
+    for name in params.teachers:
+        evaluator.add_teacher(f"teacher-{name}", f"data/teacher/{name}")
     evaluator.add_student("baseline", f"models/students/{params.student.model}-none")
     protocol = ("Full ranking over all items, chronological leave-one-out, ties counted against the "
                 f"model; history items {'excluded' if cfg.exclude_history else 'not excluded'}.")

@@ -1,7 +1,7 @@
 """Rank the validation and test splits once per row and gather quality and cost in one table.
 
-Rows: `popularity` (training-item counts, the reference every model must beat) and each saved
-student folder. Per-user test ranks are kept so that comparisons can run paired tests.
+Rows: `popularity` (training-item counts, the reference every model must beat), each teacher
+(from its exported top-K lists) and each saved student folder. Per-user test ranks are kept so that comparisons can run paired tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import torch
 
 from distillrec.data.splitdata import SplitData
 from distillrec.evaluate.cost import inference_cost
+from distillrec.evaluate.listed import listed_metrics
+from distillrec.evaluate.text_metrics import explanation_metrics
 from distillrec.params import EvaluateParams
+from distillrec.teachers.export import TeacherExport
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.ranking import Scorer, rank_split, student_scorer
 from distillrec.students.saved import load_student
@@ -60,8 +63,30 @@ class Evaluator:
         self.ranks[name] = ranks.numpy()
         row["cost"] = cost | inference_cost(scorer, self.data, max_length, cfg.latency_batch_size,
                                             cfg.latency_repeats, cfg.batch_size, self.device)
+        self._store(name, row)
+
+    def _store(self, name: str, row: dict[str, Any]) -> None:
         self.table[name] = row
-        log.info("%s: test %s", name, {k: round(v, 4) for k, v in row["test"].items()})
+        log.info("%s: test %s", name, {k: v if v is None else round(v, 4) for k, v in row["test"].items()})
+
+    def add_teacher(self, name: str, folder: Path | str) -> None:
+        """A teacher row from its exported top-K lists (it is not re-run here)."""
+        export = TeacherExport(folder)
+        row: dict[str, Any] = {}
+        for split in ("valid", "test"):
+            ranks, row[split] = listed_metrics(export, self.data, split, self.cfg.ks, self.cfg.exclude_history)
+        self.ranks[name] = pl.Series(name, ranks).replace(0, None)  # null: beyond the top K
+        info = export.info
+        row["cost"] = {"parameters": info["parameters"], "trainable_parameters": info["trainable_parameters"],
+                       "size_mb": info["size_mb"], "train_seconds": info["train_seconds"],
+                       "ms_per_user": info["export"]["ms_per_example"],
+                       "users_per_second": 1000 / max(info["export"]["ms_per_example"], 1e-9),
+                       "threads": info["export"]["threads"], "top_k": info["top_k"]}
+        explanations = export.explanations()
+        if explanations is not None and explanations.height:
+            row["explanation"] = explanation_metrics(explanations["generated"].to_list(),
+                                                     explanations["reference"].to_list())
+        self._store(name, row)
 
     def add_popularity(self) -> None:
         self.add("popularity", popularity_scorer(self.data), 1, {"parameters": 0})

@@ -30,6 +30,13 @@ def markdown_table(table: dict[str, Any], ks: list[int], protocol: str) -> str:
                  _fmt(cost["ms_per_user"], 3), _fmt(cost["users_per_second"], 0),
                  f"{cost['parameters']:,}", _fmt(cost.get("size_mb"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
+    explained = {name: row["explanation"] for name, row in table.items() if "explanation" in row}
+    if explained:
+        lines += ["", "## Explanations (test, x100)", "",
+                  "| row | BLEU-1 | BLEU-4 | ROUGE-1 F | ROUGE-2 F | ROUGE-L F | n |", "|---|---|---|---|---|---|---|"]
+        for name, m in explained.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(m[key], 2) for key in
+                                                    ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL")) + f" | {m['n']} |")
     return "\n".join(lines) + "\n"
 
 

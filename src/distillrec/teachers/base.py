@@ -112,6 +112,7 @@ class Teacher(ABC):
     """One family of LLM teacher: build, fit on the split, save/load, export the common schema."""
 
     family: ClassVar[str]
+    module: torch.nn.Module  # every trainable part (HF model and the family's extra modules)
 
     def __init__(self, cfg: TeacherParams, device: torch.device):
         self.cfg, self.device = cfg, device
