@@ -54,22 +54,30 @@ def repo(tmp_path_factory):
     _set(repo, "dataset.synthetic.n_users", 300)
     _set(repo, "train.epochs", 2)
     _set(repo, "evaluate.latency_repeats", 10)
+    _set(repo, "teachers.pod.train.epochs", 1)
+    _set(repo, "teachers.pod.export.train_positions", 2)
     return repo
 
 
 def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
-    assert _ran(first) == {"ingest", "split", "train_student", "evaluate"}
+    assert _ran(first) == {"ingest", "split", "train_teacher@pod", "export_teacher@pod", "train_student",
+                           "evaluate"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 3_000
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(evaluation) == {"popularity", "baseline"}
+    assert set(evaluation) == {"popularity", "teacher-pod", "baseline"}
     assert 0 < evaluation["baseline"]["test"]["ndcg@10"] <= 1
+    assert 0 <= evaluation["teacher-pod"]["test"]["ndcg@10"] <= 1
+    assert 0 <= evaluation["teacher-pod"]["explanation"]["bleu1"] <= 100
     assert (repo / "models" / "students" / "sasrec-none" / "model.pt").is_file()
     assert "| baseline |" in (repo / "metrics" / "report.md").read_text()
     assert _ran(_run(["dvc", "repro"], repo)) == set()
+    _set(repo, "teachers.pod.export.top_k", 10)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@pod", "evaluate"}
     _set(repo, "split.item_core", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "train_student", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "train_teacher@pod", "export_teacher@pod",
+                                                  "train_student", "evaluate"}
     _set(repo, "evaluate.ks", [1, 10])
     assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
 

@@ -295,6 +295,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
                 parent = typing.get_args(parent)[-1]
         allowed = ", ".join(parent.model_fields)
         return f"unknown key '{key}'; allowed keys here: {allowed}"
+    if not key:  # a check across sections
+        return str(error["msg"]).removeprefix("Value error, ")
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"
 
 
