@@ -3,6 +3,10 @@
 Conventions: item ids are 1..n_items, 0 is padding. Histories are LEFT-padded `[B, L]` long
 tensors in time order, so column -1 always holds the most recent item; positions that hold
 padding never influence any output at a real position.
+
+Input item vectors come from `embed_items`, the one hook embedding distillation needs: an
+optional `item_adapter` module adds a per-item offset to the input side only (DLLM2Rec's CED,
+ALGORITHMS.md §1.3), at training and at inference alike; the scored item table is untouched.
 """
 
 from __future__ import annotations
@@ -28,15 +32,48 @@ class Encoded:
     blocks: list[torch.Tensor]
 
 
+class ItemOffsets(nn.Module):
+    """A fixed per-item input offset [rows, d] (row 0 = padding): a trained adapter, folded.
+
+    A saved student stores its adapter in this form, so serving needs neither the teacher's
+    item table nor its projector. Ids outside 1..rows-1 (padding, BERT4Rec's mask) get 0.
+    """
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        known = (history > 0) & (history < len(self.table))
+        return self.table[history.clamp(0, len(self.table) - 1)] * known.unsqueeze(-1)
+
+    def offsets(self) -> torch.Tensor:
+        return self.table
+
+
 class Student(nn.Module, ABC):
-    """A sequential recommender: encode histories, score states against the whole catalogue."""
+    """A sequential recommender: encode histories, score states against the whole catalogue.
+
+    Subclasses hold their input item table in `self.items` and read it through `embed_items`.
+    """
 
     causal: bool = True
+    items: nn.Embedding
 
     def __init__(self, n_items: int, hidden: int):
         super().__init__()
         self.n_items = n_items
         self.hidden = hidden
+        # history [B, L] -> [B, L, d] added to the input item vectors; 0 at padding. The module
+        # must have `offsets()` -> [rows, d] so that `saved.save_student` can fold it.
+        self.item_adapter: nn.Module | None = None
+
+    def embed_items(self, history: torch.Tensor) -> torch.Tensor:
+        """Input item vectors [B, L, d]: the item table plus the adapter's offset, if any."""
+        vectors = self.items(history)
+        if self.item_adapter is not None:
+            vectors = vectors + self.item_adapter(history)
+        return vectors
 
     @abstractmethod
     def encode(self, history: torch.Tensor) -> Encoded:

@@ -40,7 +40,7 @@ class Caser(Student):
 
     def encode(self, history: torch.Tensor) -> Encoded:
         # [B, L + window - 1, d]: every position's window is the `window` rows ending there.
-        padded = F.pad(self.items(history), (0, 0, self.window - 1, 0))
+        padded = F.pad(self.embed_items(history), (0, 0, self.window - 1, 0))
 
         # A height-h filter has window - h + 1 placements inside each window; max over them.
         sequence = padded.transpose(1, 2)

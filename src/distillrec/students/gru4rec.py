@@ -32,7 +32,7 @@ class GRU4Rec(Student):
         self.dense = nn.Linear(params.hidden, params.hidden)
 
     def encode(self, history: torch.Tensor) -> Encoded:
-        x = self.dropout(self.items(history))
+        x = self.dropout(self.embed_items(history))
         blocks = []
         for gru in self.layers:
             x, _ = gru(x)

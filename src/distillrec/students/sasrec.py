@@ -80,7 +80,7 @@ class TransformerStudent(Student):
         if length > self.max_length:
             raise ValueError(f"history length {length} exceeds max_length {self.max_length}")
         real = history > 0
-        x = self.dropout(self.items(history) + self.positions.weight[-length:])
+        x = self.dropout(self.embed_items(history) + self.positions.weight[-length:])
         allowed = real[:, None, None, :] | torch.eye(length, dtype=torch.bool, device=history.device)
         if self.causal:
             allowed = allowed & torch.ones_like(allowed[0, 0]).tril()
