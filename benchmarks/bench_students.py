@@ -35,7 +35,7 @@ def params_for(dataset: str, model: str, seed: int, overrides: dict) -> dict:
     from distillrec.params import Params
     raw = Params().model_dump(mode="json") | DATASETS[dataset]
     raw["student"] = raw["student"] | STUDENT | {"model": model} | overrides.get("student", {})
-    raw["train"] = raw["train"] | {"seed": seed, "threads": 1, "device": "cpu"} | overrides.get("train", {})
+    raw["train"] = raw["train"] | {"seeds": [seed], "threads": 1, "device": "cpu"} | overrides.get("train", {})
     raw["evaluate"] = raw["evaluate"] | {"latency_repeats": 200}
     return raw
 
@@ -62,14 +62,14 @@ def run_one(config: str) -> None:
     job = json.loads(config)
     params = parse_params(job["params"])
     torch.set_num_threads(1)
-    name = f"{job['dataset']}-{params.student.model}-{params.train.seed}{job['tag']}"
+    name = f"{job['dataset']}-{params.student.model}-{params.train.seeds[0]}{job['tag']}"
     started = time.perf_counter()
     summary = train_student(params, job["processed"], OUT / "models" / name, OUT / "ckpt" / name, OUT / "live" / name)
     wall = time.perf_counter() - started
     evaluator = Evaluator(job["processed"], params.evaluate, "cpu")
     evaluator.add_student(name, OUT / "models" / name)
     row = evaluator.table[name]
-    print(json.dumps({"dataset": job["dataset"], "model": params.student.model, "seed": params.train.seed,
+    print(json.dumps({"dataset": job["dataset"], "model": params.student.model, "seed": params.train.seeds[0],
                       "tag": job["tag"], "test": row["test"], "fit": summary["fit"], "wall": wall,
                       "cost": row["cost"], "threads": torch.get_num_threads()}))
 

@@ -61,23 +61,26 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
-    assert _ran(first) == {"ingest", "split", "train_teacher@pod", "export_teacher@pod", "train_student",
-                           "evaluate"}
+    students = {"train_student@42", *(f"distill@{m}-42" for m in ("dllm2rec", "prmkd", "feature", "logit_kd"))}
+    assert _ran(first) == {"ingest", "split", "train_teacher@pod", "export_teacher@pod", *students, "evaluate"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 3_000
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(evaluation) == {"popularity", "teacher-pod", "baseline"}
+    assert set(evaluation) == {"popularity", "teacher-pod", "baseline", "dllm2rec", "prmkd", "feature", "logit_kd"}
+    assert evaluation["dllm2rec"]["vs_baseline"]["metric"] == "ndcg@10"
     assert 0 < evaluation["baseline"]["test"]["ndcg@10"] <= 1
     assert 0 <= evaluation["teacher-pod"]["test"]["ndcg@10"] <= 1
     assert 0 <= evaluation["teacher-pod"]["explanation"]["bleu1"] <= 100
-    assert (repo / "models" / "students" / "sasrec-none" / "model.pt").is_file()
+    assert (repo / "models" / "students" / "sasrec-none" / "seed42" / "model.pt").is_file()
     assert "| baseline |" in (repo / "metrics" / "report.md").read_text()
     assert _ran(_run(["dvc", "repro"], repo)) == set()
+    _set(repo, "distill.logit_kd.temperature", 3.0)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@logit_kd-42", "evaluate"}
     _set(repo, "teachers.pod.export.top_k", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@pod", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@pod", *students - {"train_student@42"}, "evaluate"}
     _set(repo, "split.item_core", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "train_teacher@pod", "export_teacher@pod",
-                                                  "train_student", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "train_teacher@pod", "export_teacher@pod", *students,
+                                                  "evaluate"}
     _set(repo, "evaluate.ks", [1, 10])
     assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
 

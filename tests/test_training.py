@@ -23,7 +23,7 @@ def one_thread():
 
 def params(**train) -> Params:
     return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
-                  train=TrainParams(**({"epochs": 4, "batch_size": 16, "lr": 3e-3, "seed": 3} | train)))
+                  train=TrainParams(**({"epochs": 4, "batch_size": 16, "lr": 3e-3, "seeds": [3]} | train)))
 
 
 def fit(tmp_path, name, small_split, **train):

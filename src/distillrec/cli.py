@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="distillrec")
     commands = parser.add_subparsers(dest="command", required=True)
     rec = commands.add_parser("recommend", help="top-K items for a history from a saved student")
-    rec.add_argument("--model", type=Path, required=True, help="saved student folder, e.g. models/students/sasrec-none")
+    rec.add_argument("--model", type=Path, required=True, help="saved student folder, e.g. models/students/sasrec-none/seed42")
     rec.add_argument("--history", required=True, help="comma-separated item ids, oldest first (ids as in the raw data)")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--keep-seen", action="store_true", help="allow items already in the history")

@@ -135,7 +135,7 @@ class TrainParams(Section):
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="Epochs without validation gain before stopping")
     select_metric: str = "ndcg@10"
-    seed: int = 42
+    seeds: list[int] = Field([42], min_length=1, description="The DAG trains every student once per seed")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     eval_batch_size: int = Field(1024, ge=1)
@@ -143,6 +143,8 @@ class TrainParams(Section):
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         _check_metric(self.select_metric)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has duplicates: {self.seeds}")
         return self
 
 
@@ -247,11 +249,80 @@ class TeacherParams(Section):
         return self
 
 
+class DLLM2RecParams(Section):
+    """Importance-aware ranking distillation + collaborative embedding distillation (ALGORITHMS.md 1.3-1.5)."""
+
+    weight: float = Field(0.8, ge=0.0, description="lambda of the ranking-distillation term")
+    top_k: int = Field(10, ge=1, description="Teacher items distilled per example")
+    position_temperature: float = Field(1.0, gt=0.0)
+    confidence_temperature: float = Field(1.0, gt=0.0)
+    gamma_position: float = Field(0.3, ge=0.0)
+    gamma_confidence: float = Field(0.5, ge=0.0)
+    gamma_consistency: float = Field(0.1, ge=0.0)
+    negatives: int = Field(1, ge=1)
+    ed_weight: float = Field(0.2, ge=0.0, description="Weight of projected teacher item embeddings (0 = no CED)")
+
+
+class PRMKDParams(Section):
+    """Multi-teacher in-batch distillation with consistency weights (ALGORITHMS.md 6)."""
+
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    student_temperature: float = Field(1.0, gt=0.0)
+    teacher_weights: list[float] | None = Field(None, description="null = each teacher's validation NDCG@10")
+    epsilon: float = Field(0.1, ge=0.0)
+    floor_margin: float = Field(1.0, ge=0.0)
+    direction: Literal["qp", "pq"] = Field("qp", description="qp: KL(teacher||student); pq: KL(student||teacher)")
+    use_states: bool = Field(True, description="Score in-batch items from states x embeddings when exported")
+
+
+class FeatureParams(Section):
+    """SLMRec-style alignment of student hidden states to teacher sequence states (ALGORITHMS.md 3.4-3.5)."""
+
+    weight: float = Field(1.0, ge=0.0)
+    blocks: list[int] = Field([-1], min_length=1, description="Student blocks aligned (-1 = last)")
+    cosine_weight: float = Field(1.0, ge=0.0)
+    l2_weight: float = Field(0.1, ge=0.0)
+    multi_block_weight: float = Field(0.0, ge=0.0, description="CE at intermediate blocks")
+
+
+class LogitKDParams(Section):
+    """Hinton KD on the teacher's top-K (or full catalogue with a floor)."""
+
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(2.0, gt=0.0)
+    top_k: int | None = Field(None, ge=1, description="null = the export's K")
+    full_catalogue: bool = False
+    floor_margin: float = Field(1.0, ge=0.0)
+
+
+DISTILL_METHODS = ("dllm2rec", "prmkd", "feature", "logit_kd")
+
+
+class DistillParams(Section):
+    """Which methods the DAG trains besides the baseline, and from which teachers."""
+
+    methods: list[Literal["dllm2rec", "prmkd", "feature", "logit_kd"]] = Field([])
+    teachers: list[str] = Field([], description="prmkd uses all; other methods the first")
+    dllm2rec: DLLM2RecParams = DLLM2RecParams()
+    prmkd: PRMKDParams = PRMKDParams()
+    feature: FeatureParams = FeatureParams()
+    logit_kd: LogitKDParams = LogitKDParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillParams:
+        for name, values in (("methods", self.methods), ("teachers", self.teachers)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"distill.{name} has duplicates: {values}")
+        return self
+
+
 class EvaluateParams(Section):
     """Full-ranking evaluation protocol and inference-cost measurement."""
 
     ks: list[int] = Field([5, 10, 20], min_length=1)
     exclude_history: bool = Field(False, description="Remove the user's earlier items from ranking")
+    compare_metric: str = Field("ndcg@10", description="Gain over the baseline and paired test use this")
     batch_size: int = Field(1024, ge=1)
     latency_batch_size: int = Field(1, ge=1, description="Users per call when timing inference")
     latency_repeats: int = Field(200, ge=1, description="Timed calls for ms/user")
@@ -260,6 +331,7 @@ class EvaluateParams(Section):
     def _check(self) -> EvaluateParams:
         if any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise ValueError("ks must be distinct positive integers")
+        _check_metric(self.compare_metric)
         return self
 
 
@@ -270,6 +342,7 @@ class Params(Section):
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
     teachers: dict[str, TeacherParams] = {}
+    distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
@@ -277,6 +350,12 @@ class Params(Section):
         for name in self.teachers:
             if not TEACHER_NAME.fullmatch(name):
                 raise ValueError(f"teacher name {name!r}: use letters, digits, '_' and '-'")
+        unknown = [name for name in self.distill.teachers if name not in self.teachers]
+        if self.distill.methods and not self.distill.teachers:
+            raise ValueError("distill.methods need at least one teacher in distill.teachers")
+        if unknown:
+            raise ValueError(f"distill.teachers {unknown} are not configured under teachers "
+                             f"(configured: {', '.join(self.teachers) or 'none'})")
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
             raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "

@@ -15,6 +15,7 @@ import polars as pl
 import torch
 
 from distillrec.data.splitdata import SplitData
+from distillrec.evaluate.compare import aggregate, paired_comparison
 from distillrec.evaluate.cost import inference_cost
 from distillrec.evaluate.listed import listed_metrics
 from distillrec.evaluate.text_metrics import explanation_metrics
@@ -53,7 +54,8 @@ class Evaluator:
         self.table: dict[str, Any] = {}
         self.ranks: dict[str, np.ndarray] = {"user_idx": self.data.targets("test")[0]}
 
-    def add(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> None:
+    def _evaluate(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> dict[str, Any]:
+        """Metrics and cost of one scorer; its per-user test ranks are kept under `name`."""
         cfg = self.cfg
         row: dict[str, Any] = {}
         for split in ("valid", "test"):
@@ -63,7 +65,10 @@ class Evaluator:
         self.ranks[name] = ranks.numpy()
         row["cost"] = cost | inference_cost(scorer, self.data, max_length, cfg.latency_batch_size,
                                             cfg.latency_repeats, cfg.batch_size, self.device)
-        self._store(name, row)
+        return row
+
+    def add(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> None:
+        self._store(name, self._evaluate(name, scorer, max_length, cost))
 
     def _store(self, name: str, row: dict[str, Any]) -> None:
         self.table[name] = row
@@ -92,13 +97,28 @@ class Evaluator:
         self.add("popularity", popularity_scorer(self.data), 1, {"parameters": 0})
 
     def add_student(self, name: str, folder: Path | str) -> None:
+        self._store(name, self._student(name, folder))
+
+    def add_runs(self, name: str, folders: dict[str, Path]) -> None:
+        """One row from several runs of a student (seeds): mean ± std; ranks kept per run."""
+        self._store(name, aggregate({run: self._student(f"{name}/{run}", folder) for run, folder in folders.items()}))
+
+    def compare(self, baseline: str, metric: str) -> None:
+        """Gain over `baseline` and paired p-value for every multi-run row."""
+        runs = {name: [self.ranks[f"{name}/{run}"] for run in row["runs"]]
+                for name, row in self.table.items() if "runs" in row}
+        for name, ranks in runs.items():
+            if name != baseline:
+                self.table[name]["vs_baseline"] = paired_comparison(runs[baseline], ranks, metric)
+
+    def _student(self, name: str, folder: Path | str) -> dict[str, Any]:
         model, meta = load_student(folder, self.device)
         fit = meta["fit"]
         cost = {"parameters": meta["parameters"], "threads": torch.get_num_threads(),
                 "size_mb": (Path(folder) / "model.pt").stat().st_size / 2**20,
                 "train_seconds": fit["seconds"], "seconds_to_best": fit["seconds_to_best"],
                 "epochs": fit["epochs"], "best_epoch": fit["best_epoch"]}
-        self.add(name, student_scorer(model), int(meta["student"]["max_length"]), cost)
+        return self._evaluate(name, student_scorer(model), int(meta["student"]["max_length"]), cost)
 
     def rank_table(self) -> pl.DataFrame:
         return pl.DataFrame(self.ranks)

@@ -62,8 +62,9 @@ class EpochTask(Protocol):
     module: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
-    def train_epoch(self, epoch: int) -> float:
-        """Train one epoch (seed its randomness with `epoch_generator`); return the mean loss."""
+    def train_epoch(self, epoch: int) -> float | dict[str, float]:
+        """Train one epoch (seed its randomness with `epoch_generator`); the mean loss, or mean
+        logs with a "loss" entry (every entry becomes a training curve)."""
 
     def validate(self) -> dict[str, float]:
         """Metrics on the validation split (never the test split)."""
@@ -177,7 +178,9 @@ class Loop:
         started = time.perf_counter()
         epoch = state.epoch + 1
         self.task.module.train()
-        loss = self.task.train_epoch(epoch)
+        logs = self.task.train_epoch(epoch)
+        logs = logs if isinstance(logs, dict) else {"loss": logs}
+        loss = logs["loss"]
         self.task.module.eval()
         with torch.no_grad():
             valid = self.task.validate()
@@ -191,7 +194,8 @@ class Loop:
         else:
             state.bad_epochs += 1
         state.finished = state.bad_epochs >= cfg.patience or epoch >= cfg.epochs
-        live.log_metric("train/loss", loss)
+        for name, value in logs.items():
+            live.log_metric(f"train/{name}", value)
         for name, value in valid.items():
             live.log_metric(f"valid/{name}", value)
         live.next_step()

@@ -1,4 +1,4 @@
-"""Train one student end to end and save it as a self-contained, servable folder."""
+"""Train one student (baseline or distilled) end to end and save it as a servable folder."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from distillrec.data.splitdata import SplitData
 from distillrec.io import sha256_file
 from distillrec.params import Params
-from distillrec.students import build_student
+from distillrec.students import Student, build_student
 from distillrec.students.saved import save_student
+from distillrec.train.loop import fingerprint
 from distillrec.train.objectives import Objective, cross_entropy, sampled_bce
 from distillrec.train.trainer import Trainer
 
@@ -23,24 +24,55 @@ def base_objective(params: Params) -> Objective:
     return cross_entropy if params.train.objective == "ce" else sampled_bce(params.train.negatives)
 
 
+def method_objective(params: Params, method: str, data: SplitData, model: Student,
+                     teachers_root: Path) -> tuple[Objective, dict[str, Any]]:
+    """The objective of `method` and what identifies it (params, teacher exports)."""
+    if method == "none":
+        return base_objective(params), {}
+    from distillrec.distill import build_distill_objective
+    from distillrec.evaluate.listed import listed_metrics
+    from distillrec.teachers.export import TeacherExport
+
+    names = params.distill.teachers if method == "prmkd" else params.distill.teachers[:1]
+    exports = [TeacherExport(teachers_root / name) for name in names]
+    kwargs = getattr(params.distill, method).model_dump()
+    if method == "prmkd" and kwargs["teacher_weights"] is None:  # each teacher's validation strength
+        kwargs["teacher_weights"] = [listed_metrics(e, data, "valid", [10], False)[1]["ndcg@10"] for e in exports]
+        log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
+    objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs)
+    identity = {"method": method, "params": kwargs,
+                "teachers": {e.name: sha256_file(e.folder / "teacher.json") for e in exports}}
+    return objective, identity
+
+
+def served_parameters(model: Student) -> int:
+    """Parameters of the saved student: an embedding-distillation adapter is served as [N+1, d] offsets."""
+    own = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("item_adapter."))
+    return own + ((model.n_items + 1) * model.hidden if model.item_adapter is not None else 0)
+
+
 def train_student(params: Params, processed: Path | str, out_dir: Path | str, checkpoint_dir: Path | str,
-                  live_dir: Path | str, objective: Objective | None = None) -> dict[str, Any]:
-    """Fit `params.student` on the split (validation selects the epoch) and save it."""
+                  live_dir: Path | str, method: str = "none", seed: int | None = None,
+                  teachers_root: Path | str = "data/teacher") -> dict[str, Any]:
+    """Fit `params.student` with `method` and `seed` (default: the first of train.seeds) and save it;
+    validation selects the epoch."""
+    seed = params.train.seeds[0] if seed is None else seed
     processed = Path(processed)
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
-    torch.manual_seed(params.train.seed)
+    torch.manual_seed(seed)
     data = SplitData.load(processed)
     model = build_student(params.student, data.n_items)
-    trainer = Trainer(model, data, params.student, params.train, objective or base_objective(params),
-                      Path(checkpoint_dir), Path(live_dir), sha256_file(processed / "sequences.parquet"))
+    objective, identity = method_objective(params, method, data, model, Path(teachers_root))
+    run_id = fingerprint(params.student, params.train, seed, sha256_file(processed / "sequences.parquet"), identity)
+    trainer = Trainer(model, data, params.student, params.train, objective, Path(checkpoint_dir), Path(live_dir),
+                      run_id, seed)
     state = trainer.fit()
     summary = {"student": params.student.model_dump(mode="json"), "n_items": data.n_items,
-               "parameters": sum(p.numel() for p in model.parameters()),
+               "parameters": served_parameters(model),
                "train": params.train.model_dump(mode="json"), "fit": state.summary(),
-               "threads": torch.get_num_threads()}
+               "seed": seed, "threads": torch.get_num_threads(), "distill": identity}
     save_student(out_dir, model, summary, processed / "item_map.parquet")
     log.info("saved %s: best epoch %d of %d, valid %s %.4f", out_dir, state.best_epoch, state.epoch,
              params.train.select_metric, state.best_metric)
     return summary
-

@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from distillrec.data.splitdata import SplitData
 from distillrec.params import StudentParams, TrainParams
 from distillrec.students.base import Student
-from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator, fingerprint, resolve_device
+from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator, resolve_device
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.objectives import Batch, Objective
 from distillrec.train.ranking import rank_split, student_scorer
@@ -23,23 +24,26 @@ class Trainer:
     """Fits one student on a split with one objective; the objective owns the loss."""
 
     def __init__(self, model: Student, data: SplitData, student: StudentParams, train: TrainParams,
-                 objective: Objective, out_dir: Path, live_dir: Path, data_id: str):
-        self.module, self.data, self.cfg, self.objective = model, data, train, objective
+                 objective: Objective, out_dir: Path, live_dir: Path, run_id: str, seed: int):
+        self.model, self.data, self.cfg, self.objective, self.seed = model, data, train, objective, seed
         self.max_length = student.max_length
         self.device = resolve_device(train.device)
-        model.to(self.device)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        # a distillation loss with its own parameters (projectors) is trained and checkpointed too
+        self.module = nn.ModuleDict({"student": model, "objective": objective}) if isinstance(
+            objective, nn.Module) else model
+        self.module.to(self.device)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         self.windows, self.users, self.ends, self.first = (
             torch.as_tensor(a) for a in data.training_windows(self.max_length, train.window_stride))
-        loop_cfg = LoopConfig(train.epochs, train.patience, train.select_metric, train.seed)
-        self.loop = Loop(self, loop_cfg, out_dir, live_dir, fingerprint(student, train, data_id))
+        loop_cfg = LoopConfig(train.epochs, train.patience, train.select_metric, seed)
+        self.loop = Loop(self, loop_cfg, out_dir, live_dir, run_id)
 
-    def train_epoch(self, epoch: int) -> float:
-        model = self.module
-        generator = epoch_generator(self.cfg.seed, epoch)
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        model = self.model
+        generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(len(self.windows), generator=generator)
         steps = range(0, len(order), self.cfg.batch_size)
-        total = 0.0
+        totals: dict[str, float] = {}
         for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=None):
             idx = order[start:start + self.cfg.batch_size]
             inputs, targets = model.training_pair(self.windows[idx], generator)
@@ -49,15 +53,16 @@ class Trainer:
             offset = column - targets.shape[1]
             batch = Batch(inputs.to(self.device), targets.to(self.device), self.users[idx].to(self.device),
                           (self.ends[idx, None] + offset).to(self.device), generator)
-            loss, _ = self.objective(model, batch)
+            loss, logs = self.objective(model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item() * len(idx)
-        return total / len(order)
+            for name, value in {"loss": loss.item(), **logs}.items():
+                totals[name] = totals.get(name, 0.0) + value * len(idx)
+        return {name: value / len(order) for name, value in totals.items()}
 
     def validate(self) -> dict[str, float]:
-        _, ranks = rank_split(student_scorer(self.module), self.data, "valid", self.max_length,
+        _, ranks = rank_split(student_scorer(self.model), self.data, "valid", self.max_length,
                               self.cfg.eval_batch_size, self.device)
         k = int(self.cfg.select_metric.split("@")[1])
         return metrics_from_ranks(ranks, sorted({5, 10, 20, k}))

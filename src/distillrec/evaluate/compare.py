@@ -1,0 +1,45 @@
+"""Rows over several seeds: mean ± std, gain over the baseline and a paired test over users.
+
+The test pairs users, not runs: each user's metric is averaged over a row's seeds, and a paired
+t-test (scipy) asks whether the per-user differences to the baseline average zero. With three
+seeds a test over runs would have two degrees of freedom; over users it has hundreds, and it
+still reflects seed noise through the per-user averages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from distillrec.train.metrics import metric_per_example
+
+
+def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean of every metric and cost over runs; `test_std` is the standard deviation over runs."""
+    first = next(iter(runs.values()))
+    row: dict[str, Any] = {}
+    for section in ("valid", "test", "cost"):
+        row[section] = {key: float(np.mean([r[section][key] for r in runs.values()]))
+                        for key, value in first[section].items() if isinstance(value, (int, float))}
+    row["test_std"] = {key: float(np.std([r["test"][key] for r in runs.values()], ddof=1)) if len(runs) > 1 else 0.0
+                       for key in first["test"]}
+    row["runs"] = runs
+    return row
+
+
+def per_user(ranks: list[np.ndarray], metric: str) -> np.ndarray:
+    """[users] metric of each user averaged over runs."""
+    return np.mean([metric_per_example(torch.as_tensor(r), metric).numpy() for r in ranks], axis=0)
+
+
+def paired_comparison(baseline: list[np.ndarray], other: list[np.ndarray], metric: str) -> dict[str, float | None]:
+    """Relative gain of the mean and the two-sided paired t-test p-value over users."""
+    base, new = per_user(baseline, metric), per_user(other, metric)
+    gain = new.mean() / base.mean() - 1 if base.mean() > 0 else None
+    diff = new - base
+    p = None if np.allclose(diff, 0) else float(stats.ttest_rel(new, base).pvalue)
+    return {"metric": metric, "gain": gain, "p_value": None if p is None or math.isnan(p) else p}

@@ -1,0 +1,96 @@
+"""Distillation through the real trainer, and the seed/paired comparison in the evaluation table."""
+
+import numpy as np
+import pytest
+import torch
+
+from distillrec.data.splitdata import SplitData
+from distillrec.evaluate.compare import aggregate, paired_comparison
+from distillrec.evaluate.report import markdown_table
+from distillrec.params import DistillParams, Params, StudentParams, TeacherParams, TrainParams
+from distillrec.teachers.export import ExportTables, TopK, select_examples, write_export
+from distillrec.train.run import train_student
+
+K = 10
+INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0,
+        "export": {"ms_per_example": 1.0, "threads": 1}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def teacher(folder, data: SplitData, oracle: bool, seed: int = 0) -> None:
+    """Top-K lists: the true next item first (oracle), or K random items (random)."""
+    examples = select_examples(data.examples, "all")
+    rng = np.random.default_rng(seed)
+    n = examples.height
+    items = np.stack([rng.permutation(data.n_items)[:K] + 1 for _ in range(n)])
+    if oracle:
+        target = examples["item_idx"].to_numpy()
+        others = np.stack([rng.permutation(np.setdiff1d(np.arange(1, data.n_items + 1), [t]))[:K - 1] for t in target])
+        items = np.concatenate([target[:, None], others], axis=1)
+    scores = np.sort(rng.normal(size=(n, K)).astype(np.float32), axis=1)[:, ::-1].copy()
+    write_export(folder, ExportTables(TopK(examples["user_idx"].to_numpy(), examples["position"].to_numpy(),
+                                           items, scores)), data.examples, data.n_items, INFO)
+
+
+def params(method: str) -> Params:
+    distill = DistillParams(methods=[] if method == "none" else [method], teachers=["t"],
+                            dllm2rec={"ed_weight": 0.0, "weight": 1.0})
+    return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
+                  train=TrainParams(epochs=12, patience=12, batch_size=16, lr=3e-3, seeds=[5]),
+                  teachers={"t": TeacherParams()}, distill=distill)
+
+
+def run(tmp_path, small_split, method: str, teachers_root, name: str):
+    summary = train_student(params(method), small_split, tmp_path / name, tmp_path / f"ckpt-{name}",
+                            tmp_path / f"live-{name}", method, teachers_root=teachers_root)
+    return summary
+
+
+def test_distilled_run_is_not_resumed_from_another_methods_checkpoint(tmp_path, small_split):
+    data = SplitData.load(small_split)
+    teacher(tmp_path / "root" / "t", data, oracle=True)
+    p = params("logit_kd").model_copy(update={"train": TrainParams(epochs=2, batch_size=32, seeds=[5])})
+    train_student(p, small_split, tmp_path / "a", tmp_path / "ckpt", tmp_path / "live", "none")
+    summary = train_student(p, small_split, tmp_path / "b", tmp_path / "ckpt", tmp_path / "live2", "logit_kd",
+                            teachers_root=tmp_path / "root")
+    assert summary["fit"]["epochs"] == 2 and summary["distill"]["method"] == "logit_kd"
+    history = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["state"]["history"]
+    assert "kd" in history[-1] or len(history) == 2
+
+
+def test_aggregate_gives_mean_and_sample_std_over_runs():
+    runs = {f"s{i}": {"valid": {"ndcg@10": v}, "test": {"ndcg@10": v}, "cost": {"ms_per_user": 1.0}}
+            for i, v in enumerate([0.1, 0.2, 0.3])}
+    row = aggregate(runs)
+    assert row["test"]["ndcg@10"] == pytest.approx(0.2)
+    assert row["test_std"]["ndcg@10"] == pytest.approx(0.1)
+    assert row["runs"] is runs
+
+
+def test_paired_comparison_gain_and_p_value():
+    base = [np.array([1, 20, 3, 50, 2, 11, 4, 30])]
+    better = [np.array([1, 2, 1, 3, 1, 2, 1, 4])]
+    result = paired_comparison(base, better, "hr@10")
+    assert result["gain"] == pytest.approx(1.0)  # HR@10 0.5 -> 1.0
+    assert 0 < result["p_value"] < 0.05
+    same = paired_comparison(base, base, "ndcg@10")
+    assert same["gain"] == 0 and same["p_value"] is None
+    # per-user values are averaged over runs before pairing
+    two = paired_comparison(base, [base[0], better[0]], "hr@10")
+    assert two["gain"] == pytest.approx(0.5)  # users average (0.5 + 1.0) / 2
+
+
+def test_report_shows_mean_std_gain_and_p():
+    row = {"test": {"hr@10": 0.5, "ndcg@10": 0.25, "mrr@10": 0.2}, "test_std": {"ndcg@10": 0.01}, "cost": {"ms_per_user": 1.0,
+           "users_per_second": 10.0, "parameters": 5}, "vs_baseline": {"metric": "ndcg@10", "gain": 0.1,
+                                                                       "p_value": 0.003}}
+    table = markdown_table({"m": row}, [10], "protocol")
+    assert "0.2500 ± 0.0100" in table and "+10.0%" in table and "0.003" in table and "gain ndcg@10" in table
+
