@@ -243,6 +243,8 @@ class TeacherParams(Section):
 
     @model_validator(mode="after")
     def _check(self) -> TeacherParams:
+        if self.family == "seq2seq" and "sequential" not in self.seq2seq.tasks:
+            raise ValueError("seq2seq.tasks must include 'sequential': the export ranks items with it")
         beams = self.seq2seq.beams
         if self.family == "seq2seq" and beams is not None and beams < self.export.top_k:
             raise ValueError(f"seq2seq.beams ({beams}) must be >= export.top_k ({self.export.top_k})")

@@ -105,7 +105,11 @@ def load_extras(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
     except Exception as exc:  # truncated or foreign file
         raise DataError(f"{path} is unreadable ({type(exc).__name__}: {exc}); re-run train_teacher") from None
     for name, module in modules.items():
-        module.load_state_dict(state[name])
+        try:
+            module.load_state_dict(state[name])
+        except (KeyError, RuntimeError) as exc:  # another teacher's file, or other params
+            raise DataError(f"{path} does not fit this teacher's modules ({name}: {str(exc)[:300]}); "
+                            f"it was written with other params: re-run train_teacher") from None
 
 
 class Teacher(ABC):

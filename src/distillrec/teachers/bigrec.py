@@ -78,10 +78,11 @@ class PromptPieces:
         """The full BIGRec prompt for a history (what generation starts from)."""
         return self.history(items)[0] + self.marker
 
-    def max_length(self, max_history: int) -> int:
-        """Longest prompt + response these pieces can make."""
+    def max_length(self, max_history: int, new_tokens: int) -> int:
+        """Longest sequence these pieces make: a full prompt plus a response or `new_tokens` generated ones."""
         longest = max(len(p) for p in self.pieces)
-        return len(self.head) + max_history * longest + len(self.marker) + max(len(t) for t in self.targets)
+        response = max(new_tokens, max(len(t) for t in self.targets))
+        return len(self.head) + max_history * longest + len(self.marker) + response
 
 
 def context_start(positions: np.ndarray, window: int) -> np.ndarray:
