@@ -45,9 +45,9 @@ def teacher_params(args: argparse.Namespace) -> dict:
            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "sample": args.sample, "lr": args.lr,
                      "valid_examples": args.valid_examples, "device": args.device, "patience": args.epochs,
                      "threads": args.threads},
-           "export": {"top_k": args.top_k, "train_positions": "all", "batch_size": args.batch_size},
-           "causal": {"max_history": args.max_history, "max_title_tokens": args.max_title_tokens,
-                      "grounding_beams": args.beams}}
+           "export": {"top_k": args.top_k, "train_positions": "all", "batch_size": args.batch_size,
+                      "grounding_beams": args.beams},
+           "causal": {"max_history": args.max_history, "max_title_tokens": args.max_title_tokens}}
     if args.model == "tiny":
         raw["config"] = {"d_model": 64, "layers": 2, "heads": 4, "d_ff": 128, "vocab_size": 400}
     else:
@@ -102,10 +102,10 @@ def main() -> None:
     targets = examples["item_idx"].to_numpy()
     rows = []
     for ranking in ("scoring", "grounding"):
-        teacher.cfg = cfg.model_copy(update={"causal": cfg.causal.model_copy(update={"ranking": ranking})})
+        export = cfg.export.model_copy(update={"ranking": ranking})
         started = time.perf_counter()
         with torch.no_grad():
-            tables = teacher.export(data, examples, cfg.export)
+            tables = teacher.export(data, examples, export)
         seconds = time.perf_counter() - started
         hits = (tables.topk.items == targets[:, None]).any(axis=1)
         info = tables.info

@@ -27,12 +27,12 @@ def tiny(**causal) -> TeacherParams:
         "family": "causal",
         "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
         "train": {"epochs": 1, "batch_size": 32, "sample": 96, "valid_examples": 32, "lr": 0.005, "device": "cpu"},
-        "export": {"top_k": 5, "train_positions": 2, "batch_size": 64},
-        "causal": {"max_history": 4, "max_title_tokens": 8, "grounding_beams": 2} | causal})
+        "export": {"top_k": 5, "train_positions": 2, "batch_size": 64, "grounding_beams": 2},
+        "causal": {"max_history": 4, "max_title_tokens": 8} | causal})
 
 
 def with_ranking(cfg: TeacherParams, ranking: str) -> TeacherParams:
-    return cfg.model_copy(update={"causal": cfg.causal.model_copy(update={"ranking": ranking})})
+    return cfg.model_copy(update={"export": cfg.export.model_copy(update={"ranking": ranking})})
 
 
 @pytest.fixture(scope="module")

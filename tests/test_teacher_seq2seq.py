@@ -20,8 +20,8 @@ def config(**overrides) -> TeacherParams:
             "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
             "train": {"epochs": 2, "patience": 2, "batch_size": 16, "lr": 5e-3, "sample": 48, "valid_examples": 32,
                       "seed": 1},
-            "export": {"top_k": 5, "batch_size": 16, "train_positions": 1},
-            "seq2seq": {"prompts_per_task": 3, "max_history": 6, "explanation_tokens": 8, "explanation_beams": 2}}
+            "export": {"top_k": 5, "batch_size": 16, "train_positions": 1, "explanation_beams": 2},
+            "seq2seq": {"prompts_per_task": 3, "max_history": 6, "explanation_tokens": 8}}
     for key, value in overrides.items():
         base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
     return TeacherParams.model_validate(base)

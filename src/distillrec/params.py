@@ -192,12 +192,23 @@ class TeacherTrainParams(Section):
 
 
 class TeacherExportParams(Section):
-    """Which examples the teacher scores, and how many items it lists for each."""
+    """Which examples the teacher scores and how: changing these re-runs the export, not training."""
 
     top_k: int = Field(20, ge=1)
     train_positions: Literal["all"] | int = Field(
         "all", description="all training examples, or the last N training positions of each user")
     batch_size: int = Field(64, ge=1)
+    beams: int | None = Field(None, ge=1, description="seq2seq: beams for the top-K; null = top_k")
+    explanation_beams: int = Field(4, ge=1, description="seq2seq: beams for explanations")
+    ranking: Literal["scoring", "grounding"] = Field(
+        "scoring", description="causal: scoring (one pass per user) | grounding (BIGRec)")
+    grounding_beams: int = Field(4, ge=1, description="causal grounding: beams for the generated title")
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherExportParams:
+        if self.beams is not None and self.beams < self.top_k:
+            raise ValueError(f"beams ({self.beams}) must be >= top_k ({self.top_k})")
+        return self
 
 
 class Seq2SeqParams(Section):
@@ -207,19 +218,15 @@ class Seq2SeqParams(Section):
     prompts_per_task: int = Field(3, ge=1, description="Continuous prompt vectors per task (POD P)")
     max_history: int = Field(20, ge=1, description="Most recent items in the input")
     explanation_tokens: int = Field(20, ge=1, description="Reference explanations truncated to this")
-    explanation_beams: int = Field(4, ge=1)
-    beams: int | None = Field(None, ge=1, description="Beams for top-K; null = export.top_k")
 
 
 class CausalParams(Section):
     """BIGRec-style causal-LM teacher (ALGORITHMS.md section 1.9)."""
 
     max_history: int = Field(10, ge=1, description="Most recent items listed in the prompt")
-    ranking: Literal["scoring", "grounding"] = "scoring"
     lm_weight: float = Field(1.0, ge=0.0, description="Weight of the next-title LM loss")
     scoring_weight: float = Field(1.0, ge=0.0, description="Weight of the softmax loss on item-end states")
     max_title_tokens: int = Field(32, ge=1, description="Titles are cut to this many tokens")
-    grounding_beams: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> CausalParams:
@@ -245,9 +252,6 @@ class TeacherParams(Section):
     def _check(self) -> TeacherParams:
         if self.family == "seq2seq" and "sequential" not in self.seq2seq.tasks:
             raise ValueError("seq2seq.tasks must include 'sequential': the export ranks items with it")
-        beams = self.seq2seq.beams
-        if self.family == "seq2seq" and beams is not None and beams < self.export.top_k:
-            raise ValueError(f"seq2seq.beams ({beams}) must be >= export.top_k ({self.export.top_k})")
         return self
 
 

@@ -11,7 +11,7 @@ Training (one forward pass per example serves both losses):
 Validation loss (selection) is the same two losses on validation examples, with the scoring loss
 at the last history item only, i.e. on the validation target.
 
-Ranking (`causal.ranking`):
+Ranking (`export.ranking`):
 * `scoring` (ours): one forward pass per window of a user's items scores every target in it
   (`scoring.py`); score = log-softmax of the scoring head over the catalogue.
 * `grounding` (BIGRec): beam-search a title per example, embed it with the base model, rank the
@@ -193,8 +193,8 @@ class CausalTeacher(Teacher):
         cfg = self.cfg
         accelerator = Accelerator(cpu=self.device.type == "cpu")
         if cfg.train.gradient_checkpointing:
-            _causal_lm(self.module.lm).gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            _causal_lm(self.module.lm).activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         task = _Task(self, data, accelerator)
         loop = Loop(task, LoopConfig(cfg.train.epochs, cfg.train.patience, "valid_loss", cfg.train.seed,
                                      higher_is_better=False),
@@ -257,9 +257,9 @@ class CausalTeacher(Teacher):
         pieces = self.prompt_pieces(data)
         self.module.eval()
         with torch.no_grad():
-            if self.cfg.causal.ranking == "scoring":
+            if cfg.ranking == "scoring":
                 return self._export_scoring(data, pieces, users, positions, k, cfg.batch_size)
-            return self._export_grounding(data, pieces, users, positions, k, cfg.batch_size)
+            return self._export_grounding(data, pieces, users, positions, k, cfg)
 
     def _export_scoring(self, data: TeacherData, pieces: PromptPieces, users: np.ndarray, positions: np.ndarray,
                         k: int, batch_size: int) -> ExportTables:
@@ -276,8 +276,8 @@ class CausalTeacher(Teacher):
                             states=States(users, positions, projected), info=info)
 
     def _export_grounding(self, data: TeacherData, pieces: PromptPieces, users: np.ndarray, positions: np.ndarray,
-                          k: int, batch_size: int) -> ExportTables:
-        causal, split = self.cfg.causal, data.split
+                          k: int, cfg: TeacherExportParams) -> ExportTables:
+        causal, split, batch_size = self.cfg.causal, data.split, cfg.batch_size
         table, distinct = grounding.catalogue(self.module.phi, pieces, batch_size, self.device)
         _, _, train_targets = split.targets("train")
         order = grounding.tie_order(np.bincount(train_targets, minlength=data.n_items + 1)[1:])
@@ -287,7 +287,7 @@ class CausalTeacher(Teacher):
         for lo in tqdm(range(0, len(users), batch_size), desc="grounding", leave=False, disable=None):
             prompts = [pieces.prompt(split.items[a:b].tolist()) for a, b in zip(starts[lo:lo + batch_size],
                                                                                  ends[lo:lo + batch_size])]
-            generated, steps = grounding.generate(self.module.lm, pieces, prompts, causal.grounding_beams,
+            generated, steps = grounding.generate(self.module.lm, pieces, prompts, cfg.grounding_beams,
                                                   causal.max_title_tokens + TITLE_MARGIN, self.device)
             ids, mask = pad(prompts, pieces.pad_id, left=True)
             states.append(self.module.encode(ids.to(self.device), mask.to(self.device))[:, -1].float().cpu())
@@ -303,7 +303,7 @@ class CausalTeacher(Teacher):
         info = {"family": "causal", "ranking": "grounding", "score": GROUNDING_SCORE, "forward_passes": passes,
                 "passes_per_example": passes / max(len(users), 1), "catalogue_passes": distinct,
                 "distinct_titles": distinct, "tie_break": TIE_BREAK, "context": GROUNDING_CONTEXT,
-                "beams": causal.grounding_beams, "distance": grounding.distance_summary(torch.cat(stats)),
+                "beams": cfg.grounding_beams, "distance": grounding.distance_summary(torch.cat(stats)),
                 "item_embeddings": "φ(item title)",
                 "states": "fine-tuned model's last-layer state at the prompt's end"}
         return ExportTables(topk=TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),

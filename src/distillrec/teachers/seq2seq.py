@@ -265,8 +265,8 @@ class Seq2SeqTeacher(Teacher):
     # -- export -----------------------------------------------------------------------------------
 
     def beams(self, cfg: TeacherExportParams) -> int:
-        """seq2seq.beams, at least top_k (the export's top_k may exceed the one the teacher was trained with)."""
-        return max(self.cfg.seq2seq.beams or cfg.top_k, cfg.top_k)
+        """export.beams, at least top_k."""
+        return max(cfg.beams or cfg.top_k, cfg.top_k)
 
     def item_trie(self, n_items: int) -> ItemTrie:
         """Every item's id-word tokens + eos: the only sequences top-K decoding may produce."""
@@ -335,7 +335,7 @@ class Seq2SeqTeacher(Teacher):
             items[index], scores[index] = top.cpu().numpy(), score.cpu().numpy()
         return TopK(users, positions, items, scores), States(users, positions, states)
 
-    def explanations(self, data: TeacherData, batch_size: int) -> pl.DataFrame | None:
+    def explanations(self, data: TeacherData, cfg: TeacherExportParams) -> pl.DataFrame | None:
         """Beam-search explanations of the test examples that have a reference, from `user_u item_i`."""
         if "explanation" not in self.cfg.seq2seq.tasks:
             return None
@@ -345,13 +345,13 @@ class Seq2SeqTeacher(Teacher):
         s2s = self.cfg.seq2seq
         task, generated = self.task_index("explanation"), []
         backbone = self.module.backbone
-        for start in tqdm(range(0, len(test), batch_size), desc="explanations", disable=None):
-            index = np.arange(start, min(start + batch_size, len(test)))
+        for start in tqdm(range(0, len(test), cfg.batch_size), desc="explanations", disable=None):
+            index = np.arange(start, min(start + cfg.batch_size, len(test)))
             inputs = self.inputs(data.split, test, index, None).to(self.device)
             with self.autocast():
                 hidden, mask = self.module.encode(inputs, task)
                 out = backbone.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                        attention_mask=mask, num_beams=s2s.explanation_beams,
+                                        attention_mask=mask, num_beams=cfg.explanation_beams,
                                         max_new_tokens=s2s.explanation_tokens + 5, do_sample=False,
                                         decoder_start_token_id=backbone.config.decoder_start_token_id,
                                         eos_token_id=self.codec.eos, pad_token_id=self.codec.pad)
@@ -365,7 +365,7 @@ class Seq2SeqTeacher(Teacher):
         self.module.eval()
         with torch.no_grad():
             topk, states = self.top_k(data, examples, cfg)
-            explanations = self.explanations(data, cfg.batch_size)
+            explanations = self.explanations(data, cfg)
             embeddings = self.item_embeddings(data.n_items)
         d_model = self.module.backbone.config.d_model
         info = {"family": self.family, "score": SCORE, "d_model": d_model,

@@ -106,5 +106,5 @@ def beam_search(step: Step, trie: ItemTrie, batch: int, beams: int, k: int, star
         if not (scores.max(dim=1).values > pool_scores[:, -1]).any():
             break
     if not torch.isfinite(pool_scores).all():
-        raise DataError(f"beam search with {beams} beams finished fewer than {k} items; raise seq2seq.beams")
+        raise DataError(f"beam search with {beams} beams finished fewer than {k} items; raise export.beams")
     return pool_items, pool_scores
