@@ -7,6 +7,7 @@ import torch
 from distillrec.cli import main as cli_main
 from distillrec.evaluate.evaluation import Evaluator, popularity_scores
 from distillrec.evaluate.report import write_reports
+from distillrec.errors import DataError
 from distillrec.params import EvaluateParams, Params, StudentParams, TrainParams
 from distillrec.train import loop as loop_module
 from distillrec.students.saved import load_student
@@ -133,3 +134,11 @@ def test_recommend_missing_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["recommend", "--model", str(tmp_path / "absent"), "--history", "1"])
     assert "is not a saved student: model.pt is missing" in capsys.readouterr().err
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path, small_split):
+    (tmp_path / "ckpt-m").mkdir()
+    (tmp_path / "ckpt-m" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="checkpoint .* is unreadable"):
+        fit(tmp_path, "m", small_split, epochs=1)
+    assert not (tmp_path / "m").exists()
