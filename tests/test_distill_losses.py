@@ -31,13 +31,6 @@ MAX_LENGTH = 8
 DIM = 12  # teacher width, != the student's 16: projections are exercised
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data(small_split) -> SplitData:

@@ -16,13 +16,6 @@ INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_secon
         "export": {"ms_per_example": 1.0, "threads": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def teacher(folder, data: SplitData, oracle: bool, seed: int = 0) -> None:
     """Top-K lists: the true next item first (oracle), or K random items (random)."""

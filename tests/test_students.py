@@ -36,14 +36,6 @@ def encoder_inputs(model, history: torch.Tensor) -> torch.Tensor:
     return history.masked_fill(history == 1, model.mask_token) if isinstance(model, BERT4Rec) else history
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and a second thread stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(params=sorted(STUDENTS))
 def name(request) -> str:

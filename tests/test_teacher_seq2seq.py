@@ -27,13 +27,6 @@ def config(**overrides) -> TeacherParams:
     return TeacherParams.model_validate(base)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data(small_split) -> TeacherData:

@@ -14,13 +14,6 @@ from distillrec.students.saved import load_student
 from distillrec.train.run import train_student
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def params(**train) -> Params:
     return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
