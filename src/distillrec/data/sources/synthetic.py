@@ -82,14 +82,36 @@ def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
 
 
-def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray,
+def _successors(cfg: SyntheticParams, cluster: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[N, S] each item's likely next items, drawn from its own cluster."""
+    same = cluster[None, :] == np.arange(cfg.n_clusters)[:, None]
+    return np.stack([rng.choice(np.flatnonzero(same[cluster[i]]), cfg.successors) for i in range(cfg.n_items)])
+
+
+def next_item_probabilities(cfg: SyntheticParams) -> np.ndarray:
+    """[N, N] the generator's P(next item | previous item), items numbered as in `i%05d` ids.
+
+    The user's taste cluster is approximated by the previous item's cluster. This is what a
+    perfect teacher would know; tests use it to build oracle teachers.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    _, attrs = _items(cfg, rng)
+    pop = _popularity(cfg, rng)
+    cluster, successors = attrs["cluster"], _successors(cfg, attrs["cluster"], rng)
+    probs = np.zeros((cfg.n_items, cfg.n_items))
+    np.add.at(probs, (np.repeat(np.arange(cfg.n_items), cfg.successors), successors.reshape(-1)),
+              cfg.p_successor / cfg.successors)
+    in_cluster = (cluster[:, None] == cluster[None, :]) * pop[None, :]
+    probs += cfg.p_cluster * in_cluster / in_cluster.sum(axis=1, keepdims=True)
+    return probs + (1 - cfg.p_successor - cfg.p_cluster) * pop[None, :] / pop.sum()
+
+
+def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, successors: np.ndarray,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Simulate all users in parallel, one step at a time; returns (items [U, T], lengths)."""
     n, users, steps = cfg.n_items, cfg.n_users, cfg.max_length
     same = cluster[None, :] == np.arange(cfg.n_clusters)[:, None]            # [C, N]
     cluster_probs = same * pop[None, :]
-    successors = np.stack([rng.choice(np.flatnonzero(same[cluster[i]]), cfg.successors)
-                           for i in range(n)])                               # [N, S]
     taste = np.stack([rng.choice(cfg.n_clusters, 2, replace=cfg.n_clusters < 2)
                       for _ in range(users)])                                # [U, 2]
     lengths = rng.integers(cfg.min_length, cfg.max_length + 1, users)
@@ -126,7 +148,8 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     rng = np.random.default_rng(cfg.seed)
     items, attrs = _items(cfg, rng)
     pop = _popularity(cfg, rng)
-    seq, lengths = _sequences(cfg, attrs["cluster"], pop, rng)
+    successors = _successors(cfg, attrs["cluster"], rng)
+    seq, lengths = _sequences(cfg, attrs["cluster"], pop, successors, rng)
     mask = np.arange(cfg.max_length)[None, :] < lengths[:, None]
     user = np.broadcast_to(np.arange(cfg.n_users)[:, None], seq.shape)[mask]
     item = seq[mask]
