@@ -77,17 +77,18 @@ def test_oracle_teacher_helps_and_random_teacher_does_little_harm(tmp_path, star
                       teachers_root=tmp_path / root)
         evaluator.add_runs(name, {"seed5": tmp_path / name})
     quality = {name: (row["valid"]["ndcg@10"] + row["test"]["ndcg@10"]) / 2 for name, row in evaluator.table.items()}
-    # the oracle's lists carry the generator's transition probabilities: knowledge beyond the labels
+    # the oracle's lists carry the generator's transition probabilities: knowledge beyond the labels.
+    # The generator gives each item 3 likely successors, so RD distils the first 4 listed items:
+    # with K = 10 the six near-zero-probability positives cost more than the oracle adds.
     assert quality["kd-oracle"] > 1.03 * quality["base"], quality
-    # DLLM2Rec's ranking term over a CE base gains little from it yet, but must not lose
-    assert quality["rd-oracle"] > 0.99 * quality["base"], quality
+    assert quality["rd-oracle"] > 1.02 * quality["base"], quality
     # random lists: consistency and confidence weights keep the ranking term from doing damage
     assert quality["rd-random"] > 0.97 * quality["base"], quality
 
 
 def params(method: str) -> Params:
     distill = DistillParams(methods=[] if method == "none" else [method], teachers=["t"],
-                            dllm2rec={"ed_weight": 0.0, "weight": 1.0})
+                            dllm2rec={"ed_weight": 0.0, "top_k": 4})
     return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
                   train=TrainParams(epochs=12, patience=12, batch_size=16, lr=3e-3, seeds=[5]),
                   teachers={"t": TeacherParams()}, distill=distill)
