@@ -235,10 +235,20 @@ class CausalParams(Section):
         return self
 
 
+class IdTeacherParams(StudentParams):
+    """A large ID-based sequential model as a teacher: a student architecture, bigger."""
+
+    hidden: int = Field(128, ge=4)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    max_length: int = Field(100, ge=2)
+    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
+
+
 class TeacherParams(Section):
     """One teacher: the family, where its weights come from, how it trains and exports."""
 
-    family: Literal["seq2seq", "causal"] = "seq2seq"
+    family: Literal["seq2seq", "causal", "id"] = "seq2seq"
     base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
     finetune: Literal["lora", "full"] = "lora"
     config: ModelConfigParams = ModelConfigParams()
@@ -247,6 +257,7 @@ class TeacherParams(Section):
     export: TeacherExportParams = TeacherExportParams()
     seq2seq: Seq2SeqParams = Seq2SeqParams()
     causal: CausalParams = CausalParams()
+    id: IdTeacherParams = IdTeacherParams()
 
     @model_validator(mode="after")
     def _check(self) -> TeacherParams:

@@ -156,6 +156,9 @@ def teacher_class(family: str) -> type[Teacher]:
     if family == "causal":
         from distillrec.teachers.causal import CausalTeacher
         return CausalTeacher
+    if family == "id":
+        from distillrec.teachers.idmodel import IdTeacher
+        return IdTeacher
     raise DataError(f"unknown teacher family {family!r}")
 
 

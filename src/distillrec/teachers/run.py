@@ -61,7 +61,7 @@ def train_teacher(params: Params, name: str, processed: Path | str, out_dir: Pat
         teacher.save(tmp)
         summary["size_mb"] = _folder_mb(tmp)
         write_json(tmp / "teacher.json", summary)
-    log.info("saved teacher %s to %s: best epoch %d of %d, valid loss %.4f", name, out_dir, state.best_epoch,
+    log.info("saved teacher %s to %s: best epoch %d of %d (validation %.4f)", name, out_dir, state.best_epoch,
              state.epoch, state.best_metric)
     return summary
 

@@ -1,0 +1,100 @@
+"""The `id` teacher: a large ID-based sequential model (a student architecture, several times bigger).
+
+It is the cheap, strong teacher practitioners use, and the control that shows whether an LLM
+teacher adds anything beyond capacity. It trains with the students' trainer (full-catalogue CE,
+validation NDCG selection) and exports the common schema: top-K with log-softmax scores over the
+whole catalogue, its output item table, and the state that scores each history.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TrainParams
+from distillrec.students import build_student
+from distillrec.students.saved import load_student, save_student
+from distillrec.teachers.base import Teacher, device_of
+from distillrec.teachers.data import TeacherData
+from distillrec.teachers.export import ExportTables, States, TopK
+from distillrec.train.loop import FitState
+from distillrec.train.objectives import cross_entropy
+from distillrec.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
+
+
+def train_params(cfg: TeacherParams) -> TrainParams:
+    """The students' trainer settings from the teacher's `train` section."""
+    t = cfg.train
+    return TrainParams(lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
+                       patience=t.patience, seeds=[t.seed], device=t.device, threads=t.threads,
+                       window_stride=cfg.id.window_stride)
+
+
+class IdTeacher(Teacher):
+    """A SASRec/BERT4Rec/GRU4Rec/Caser of `cfg.id` size as a teacher."""
+
+    family = "id"
+
+    def __init__(self, cfg: TeacherParams, model: torch.nn.Module, meta: dict | None = None):
+        super().__init__(cfg, device_of(cfg))
+        self.module = model.to(self.device)
+        self.meta = meta or {}
+
+    @classmethod
+    def create(cls, cfg: TeacherParams, data: TeacherData) -> IdTeacher:
+        torch.manual_seed(cfg.train.seed)
+        return cls(cfg, build_student(cfg.id, data.n_items))
+
+    def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
+        trainer = Trainer(self.module, data.split, self.cfg.id, train_params(self.cfg), cross_entropy,
+                          checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
+        state = trainer.fit()
+        student = StudentParams.model_validate(self.cfg.id.model_dump(exclude={"window_stride"}))
+        self.meta = {"student": student.model_dump(mode="json"), "n_items": data.n_items,
+                     "parameters": sum(p.numel() for p in self.module.parameters()), "fit": state.summary()}
+        self._item_map = data.split.item_map
+        return state
+
+    def save(self, folder: Path) -> None:
+        item_map = folder / "item_map.parquet"
+        self._item_map.write_parquet(item_map)
+        save_student(folder / "model", self.module, self.meta, item_map)
+
+    @classmethod
+    def load(cls, folder: Path, cfg: TeacherParams) -> IdTeacher:
+        model, meta = load_student(folder / "model", device_of(cfg))
+        return cls(cfg, model, meta)
+
+    @torch.no_grad()
+    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
+        """Full-catalogue scores of each example's history; the top K by log-softmax."""
+        model, length = self.module.eval(), self.cfg.id.max_length
+        users = examples["user_idx"].to_numpy().astype(np.int64)
+        positions = examples["position"].to_numpy().astype(np.int64)
+        k = min(cfg.top_k, data.n_items)
+        items, scores, states = [], [], []
+        for start in tqdm(range(0, len(users), cfg.batch_size), desc="top-K", disable=None):
+            u, p = users[start:start + cfg.batch_size], positions[start:start + cfg.batch_size]
+            history = torch.as_tensor(data.split.histories(u, p, length), device=self.device)
+            state = model.user_states(history)
+            logits = model.score(state).float()
+            logits[:, 0] = -torch.inf
+            top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
+            items.append(top.indices.cpu())
+            scores.append(top.values.cpu())
+            states.append(state.float().cpu())
+        table = model.item_embeddings()[1:].detach().float().cpu().numpy()
+        info = {"family": "id", "score": SCORE, "model": self.cfg.id.model, "hidden": self.cfg.id.hidden,
+                "max_length": length,
+                "item_embeddings": "the model's output item table", "states": "the state that scores the history"}
+        return ExportTables(TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),
+                            item_embeddings=table, states=States(users, positions, torch.cat(states).numpy()),
+                            info=info)
