@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import polars as pl
 import pytest
@@ -135,3 +136,13 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path, small_split):
     with pytest.raises(DataError, match="checkpoint .* is unreadable"):
         fit(tmp_path, "m", small_split, epochs=1)
     assert not (tmp_path / "m").exists()
+
+
+def test_finished_run_rewrites_its_curves_when_dvc_deleted_them(tmp_path, small_split):
+    summary, _ = fit(tmp_path, "m", small_split, epochs=3, patience=3)
+    shutil.rmtree(tmp_path / "live-m")  # what `dvc repro` does to a stage's outputs before running it
+    again, _ = fit(tmp_path, "m", small_split, epochs=3, patience=3)
+    assert again["fit"] == summary["fit"]
+    losses = pl.read_csv(tmp_path / "live-m" / "plots" / "metrics" / "train" / "loss.tsv", separator="\t")
+    assert losses.height == 3
+    assert json.loads((tmp_path / "live-m" / "metrics.json").read_text())["step"] == 2

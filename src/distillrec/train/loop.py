@@ -99,6 +99,14 @@ class FitState:
                 "best_valid": self.history[self.best_epoch - 1] if self.best_epoch else {}}
 
 
+def _log(live: Live | _NoLive, entry: dict[str, float]) -> None:
+    """One epoch's history entry as curves: train/loss, train/<term>, valid/<metric>."""
+    for name, value in entry.items():
+        key = "train/loss" if name == "loss" else name if name.startswith("train/") else f"valid/{name}"
+        live.log_metric(key, value)
+    live.next_step()
+
+
 class _NoLive:
     """Curves are logged by the main process only."""
 
@@ -159,9 +167,13 @@ class Loop:
         torch.manual_seed(self.cfg.seed)
         resumed = self._try_resume()
         metric = self.cfg.select_metric
-        live = (Live(str(self.live_dir), resume=resumed, dvcyaml=None, save_dvc_exp=False, report=None)
+        # the curves are rewritten from the checkpoint's history: DVC deletes a stage's outputs
+        # (these curves) before re-running it, and a resumed run must still leave complete curves
+        live = (Live(str(self.live_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
                 if self.is_main else contextlib.nullcontext(_NoLive()))
         with live as live:
+            for entry in self.state.history if resumed else []:
+                _log(live, entry)
             bar = tqdm(total=self.cfg.epochs, initial=self.state.epoch, desc="training",
                        disable=None if self.is_main else True)
             while not self.state.finished:
@@ -186,7 +198,7 @@ class Loop:
             valid = self.task.validate()
         state.seconds += time.perf_counter() - started
         state.epoch = epoch
-        state.history.append({"loss": loss, **valid})
+        state.history.append({"loss": loss, **{f"train/{k}": v for k, v in logs.items() if k != "loss"}, **valid})
         if self._improved(valid[cfg.select_metric]):
             state.best_metric, state.best_epoch, state.bad_epochs = valid[cfg.select_metric], epoch, 0
             state.seconds_to_best = state.seconds
@@ -194,11 +206,7 @@ class Loop:
         else:
             state.bad_epochs += 1
         state.finished = state.bad_epochs >= cfg.patience or epoch >= cfg.epochs
-        for name, value in logs.items():
-            live.log_metric(f"train/{name}", value)
-        for name, value in valid.items():
-            live.log_metric(f"valid/{name}", value)
-        live.next_step()
+        _log(live, state.history[-1])
         log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f @ %d)", epoch, loss, cfg.select_metric,
                  valid[cfg.select_metric], float("nan") if state.best_metric is None else state.best_metric,
                  state.best_epoch)
