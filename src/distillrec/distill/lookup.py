@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +195,7 @@ class SharedEncode:
 TermResult = tuple[torch.Tensor, torch.Tensor, dict[str, float]]
 
 
-class DistillObjective(nn.Module):
+class DistillObjective(nn.Module, ABC):
     """base loss + weight · (Σ over covered supervised examples of the teacher term) / M.
 
     M counts every supervised example, so an example without a teacher row adds its base loss
@@ -220,9 +221,9 @@ class DistillObjective(nn.Module):
             log.info("moving the %s loss's parameters to %s", self.name, device)
             self.to(device)
 
+    @abstractmethod
     def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
         """(per-example values [M_covered], covered [M] bool, logs)."""
-        raise NotImplementedError
 
     def student_term(self, model: SharedEncode, sup: Supervised) -> tuple[torch.Tensor | None, dict[str, float]]:
         return None, {}
