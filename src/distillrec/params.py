@@ -245,10 +245,23 @@ class IdTeacherParams(StudentParams):
     window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
 
 
+class ImportParams(Section):
+    """Another system's teacher outputs, validated and rewritten in our export schema."""
+
+    format: Literal["dllm2rec", "parquet"] = Field(
+        "parquet", description="dllm2rec: all_embeddings.pt + myrank_train.txt + confidence_train.txt; "
+                               "parquet: a folder in our export schema")
+    path: str | None = Field(None, description="Folder holding the files")
+    rows: str | None = Field(None, description="dllm2rec: CSV/Parquet with user_id (or user_idx) and position "
+                                               "for each row of myrank_train.txt, in order")
+    item_ids: str | None = Field(None, description="dllm2rec: CSV/Parquet mapping their 0-based `id` to our "
+                                                   "raw `item_id`; null = their id is item_idx - 1")
+
+
 class TeacherParams(Section):
     """One teacher: the family, where its weights come from, how it trains and exports."""
 
-    family: Literal["seq2seq", "causal", "id"] = "seq2seq"
+    family: Literal["seq2seq", "causal", "id", "import"] = "seq2seq"
     base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
     finetune: Literal["lora", "full"] = "lora"
     config: ModelConfigParams = ModelConfigParams()
@@ -258,9 +271,13 @@ class TeacherParams(Section):
     seq2seq: Seq2SeqParams = Seq2SeqParams()
     causal: CausalParams = CausalParams()
     id: IdTeacherParams = IdTeacherParams()
+    imported: ImportParams = ImportParams()
 
     @model_validator(mode="after")
     def _check(self) -> TeacherParams:
+        if self.family == "import" and (self.imported.path is None or (
+                self.imported.format == "dllm2rec" and self.imported.rows is None)):
+            raise ValueError("family import needs imported.path (and imported.rows for format dllm2rec)")
         if self.family == "seq2seq" and "sequential" not in self.seq2seq.tasks:
             raise ValueError("seq2seq.tasks must include 'sequential': the export ranks items with it")
         return self

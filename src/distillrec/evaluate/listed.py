@@ -50,6 +50,9 @@ def listed_metrics(export: TeacherExport, data: SplitData, split: str, ks: list[
     """Per-example ranks (0 = beyond K) of `split`, aligned with `data.targets(split)`, and metrics."""
     users, positions, targets = data.targets(split)
     topk = export.topk(split)
+    if not len(topk.users):  # e.g. an imported DLLM2Rec teacher: training rows only
+        log.warning("%s has no %s rows: its %s metrics are undefined", export.folder, split, split)
+        return np.zeros(len(users), np.int64), dict.fromkeys(metrics_from_ranks(torch.ones(1), ks))
     expected = pl.DataFrame({"user_idx": users, "position": positions})
     got = pl.DataFrame({"user_idx": topk.users, "position": topk.positions})
     if not expected.equals(got):

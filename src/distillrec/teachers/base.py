@@ -159,6 +159,9 @@ def teacher_class(family: str) -> type[Teacher]:
     if family == "id":
         from distillrec.teachers.idmodel import IdTeacher
         return IdTeacher
+    if family == "import":
+        from distillrec.teachers.imported import ImportTeacher
+        return ImportTeacher
     raise DataError(f"unknown teacher family {family!r}")
 
 

@@ -37,7 +37,10 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
     exports = [TeacherExport(teachers_root / name) for name in names]
     kwargs = getattr(params.distill, method).model_dump()
     if method == "prmkd" and kwargs["teacher_weights"] is None:  # each teacher's validation strength
-        kwargs["teacher_weights"] = [listed_metrics(e, data, "valid", [10], False)[1]["ndcg@10"] for e in exports]
+        strength = [listed_metrics(e, data, "valid", [10], False)[1]["ndcg@10"] for e in exports]
+        known = [s for s in strength if s is not None]  # an imported teacher may have no validation rows
+        kwargs["teacher_weights"] = [s if s is not None else (sum(known) / len(known) if known else 1.0)
+                                     for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
     objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs)
     identity = {"method": method, "params": kwargs,

@@ -1,0 +1,186 @@
+"""The `import` teacher: another system's outputs, checked against our split, in our export schema.
+
+A user with BIGRec/DLLM2Rec teacher files distils from them without retraining. DLLM2Rec's files
+carry no keys (its rows are aligned to `train_data.df` by order, ALGORITHMS.md B5), so a `rows` file
+names the (user, position) of every row; we then validate rows, item ids and values.
+
+DLLM2Rec format (`imported.format: dllm2rec`), all in `imported.path`:
+- `myrank_train.txt`: one row per training example, the teacher's top-n item ids (0-based), best first;
+- `confidence_train.txt`: the same shape, the L2 distance of each listed item (smaller = better);
+- `all_embeddings.pt` (optional): [N, D] item embeddings, row = their item id (`torch.load`,
+  weights only).
+The export score is -distance: softmax(score / tau) is then the softmax(-d / tau) that ALGORITHMS.md
+recommends, with tau (`distill.dllm2rec.confidence_temperature`) chosen from the distance quantiles
+recorded in teacher.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from distillrec.errors import DataError
+from distillrec.params import TeacherExportParams, TeacherParams
+from distillrec.teachers.base import Teacher, device_of
+from distillrec.teachers.data import TeacherData
+from distillrec.teachers.export import ExportTables, TeacherExport, TopK
+from distillrec.train.loop import FitState
+
+log = logging.getLogger(__name__)
+RANKS, CONFIDENCE, EMBEDDINGS = "myrank_train.txt", "confidence_train.txt", "all_embeddings.pt"
+SCORE = "-(L2 distance) from confidence_train.txt: higher = better"
+
+
+def _table(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+
+
+def _matrix(path: Path, dtype: type) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (a DLLM2Rec teacher folder holds {RANKS} and {CONFIDENCE})")
+    rows = path.read_text().splitlines()
+    try:
+        matrix = [np.array(line.split(), dtype=dtype) for line in rows]
+    except ValueError as exc:
+        line = next(i for i, text in enumerate(rows, 1) if not _parses(text, dtype))
+        raise DataError(f"{path}:{line}: expected {dtype.__name__} values separated by spaces ({exc})") from None
+    widths = {len(row) for row in matrix}
+    if len(widths) != 1:
+        line = next(i for i, row in enumerate(matrix, 1) if len(row) != len(matrix[0]))
+        raise DataError(f"{path}:{line}: {len(matrix[line - 1])} values, but line 1 has {len(matrix[0])}")
+    return np.stack(matrix)
+
+
+def _parses(text: str, dtype: type) -> bool:
+    try:
+        np.array(text.split(), dtype=dtype)
+    except ValueError:
+        return False
+    return True
+
+
+def _keys(rows: pl.DataFrame, data: TeacherData, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(user_idx, position) of each row; raw `user_id`s are mapped through the split's user map."""
+    if "position" not in rows.columns or not {"user_id", "user_idx"} & set(rows.columns):
+        raise DataError(f"{path}: expected columns user_id (or user_idx) and position, got {rows.columns}")
+    if "user_idx" not in rows.columns:
+        rows = rows.with_columns(pl.col("user_id").cast(pl.String)).join(
+            data.split.user_map, on="user_id", how="left", maintain_order="left")
+        unknown = rows.filter(pl.col("user_idx").is_null())
+        if unknown.height:
+            raise DataError(f"{path}: {unknown.height} user ids are not in the split, e.g. {unknown['user_id'][0]!r}")
+    return rows["user_idx"].to_numpy().astype(np.int64), rows["position"].to_numpy().astype(np.int64)
+
+
+def _item_index(cfg_item_ids: str | None, data: TeacherData, n_theirs: int) -> np.ndarray:
+    """[n_theirs] our item_idx of each of their ids (0 = not in our split)."""
+    if cfg_item_ids is None:
+        ours = np.arange(1, n_theirs + 1)
+        return np.where(ours <= data.n_items, ours, 0)
+    path = Path(cfg_item_ids)
+    mapping = _table(path)
+    if not {"id", "item_id"} <= set(mapping.columns):
+        raise DataError(f"{path}: expected columns id and item_id, got {mapping.columns}")
+    joined = mapping.with_columns(pl.col("item_id").cast(pl.String)).join(
+        data.split.item_map.select("item_id", "item_idx"), on="item_id", how="left")
+    index = np.zeros(max(n_theirs, int(joined["id"].max()) + 1), np.int64)
+    index[joined["id"].to_numpy()] = joined["item_idx"].fill_null(0).to_numpy()
+    return index
+
+
+def read_dllm2rec(folder: Path, rows_file: Path, item_ids: str | None, data: TeacherData) -> ExportTables:
+    """Their files → our tables, with every mismatch named (file, line, value)."""
+    ranks, distances = _matrix(folder / RANKS, int), _matrix(folder / CONFIDENCE, float)
+    if ranks.shape != distances.shape:
+        raise DataError(f"{folder / RANKS} is {ranks.shape[0]}×{ranks.shape[1]} but {folder / CONFIDENCE} is "
+                        f"{distances.shape[0]}×{distances.shape[1]}: the files must describe the same rows")
+    rows = _table(rows_file)
+    if rows.height != len(ranks):
+        raise DataError(f"{rows_file} has {rows.height} rows but {folder / RANKS} has {len(ranks)}: "
+                        "they must list the same training rows in the same order")
+    bad = ~np.isfinite(distances)
+    if bad.any():
+        line, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{folder / CONFIDENCE}:{line + 1}: value {col + 1} is {distances[line, col]} (must be finite)")
+    embeddings = None
+    if (folder / EMBEDDINGS).is_file():
+        embeddings = torch.load(folder / EMBEDDINGS, map_location="cpu", weights_only=True).float().numpy()
+    n_theirs = len(embeddings) if embeddings is not None else int(ranks.max()) + 1
+    index = _item_index(item_ids, data, n_theirs)
+    if ranks.min() < 0 or ranks.max() >= len(index) or (index[ranks] == 0).any():
+        line, col = (int(i) for i in np.argwhere((ranks < 0) | (ranks >= len(index)) |
+                                                  (index[ranks.clip(0, len(index) - 1)] == 0))[0])
+        raise DataError(f"{folder / RANKS}:{line + 1}: item id {ranks[line, col]} is not an item of the split "
+                        f"(ids are 0-based; map them with imported.item_ids)")
+    users, positions = _keys(rows, data, rows_file)
+    tables = ExportTables(TopK(users, positions, index[ranks], -distances.astype(np.float32)))
+    if embeddings is not None:
+        ours = np.zeros((data.n_items, embeddings.shape[1]), np.float32)
+        known = index[:len(embeddings)] > 0
+        ours[index[:len(embeddings)][known] - 1] = embeddings[known]
+        if known.sum() < data.n_items:
+            raise DataError(f"{folder / EMBEDDINGS}: {data.n_items - int(known.sum())} items of the split have no row")
+        tables.item_embeddings = ours
+    quantiles = np.quantile(distances, [0.05, 0.5, 0.95]).round(4).tolist()
+    tables.info = {"score": SCORE, "distance_quantiles_5_50_95": quantiles, "format": "dllm2rec"}
+    return tables
+
+
+def write_dllm2rec(export: TeacherExport, folder: Path | str) -> None:
+    """Our export's training rows as DLLM2Rec teacher files (+ rows.csv naming each row's key)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    topk = export.topk("train")
+    np.savetxt(folder / RANKS, topk.items - 1, fmt="%d")
+    np.savetxt(folder / CONFIDENCE, -topk.scores.astype(np.float64), fmt="%.9g")
+    pl.DataFrame({"user_idx": topk.users, "position": topk.positions}).write_csv(folder / "rows.csv")
+    embeddings = export.item_embeddings()
+    if embeddings is not None:
+        torch.save(torch.as_tensor(embeddings), folder / EMBEDDINGS)
+
+
+def read_parquet(folder: Path) -> ExportTables:
+    """A folder already in our schema (another distillrec run, or another tool writing it)."""
+    export = TeacherExport(folder)
+    return ExportTables(export.topk(), export.item_embeddings(), export.states(), export.explanations(),
+                        {"score": export.info.get("score", "as in the imported teacher.json"), "format": "parquet"})
+
+
+class ImportTeacher(Teacher):
+    """No training: `export` reads the files, and write_export validates them against the split."""
+
+    family = "import"
+
+    def __init__(self, cfg: TeacherParams):
+        super().__init__(cfg, device_of(cfg))
+        self.module = torch.nn.Module()
+
+    @classmethod
+    def create(cls, cfg: TeacherParams, data: TeacherData) -> ImportTeacher:
+        return cls(cfg)
+
+    def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
+        return FitState(run_id, finished=True)
+
+    def save(self, folder: Path) -> None:
+        """Nothing to save: the files are read at export time."""
+
+    @classmethod
+    def load(cls, folder: Path, cfg: TeacherParams) -> ImportTeacher:
+        return cls(cfg)
+
+    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
+        """All rows of the imported files (`export.train_positions` does not apply)."""
+        source = self.cfg.imported
+        folder = Path(source.path)
+        if not folder.is_dir():
+            raise DataError(f"teachers: imported.path {folder} is not a folder")
+        if source.format == "parquet":
+            return read_parquet(folder)
+        return read_dllm2rec(folder, Path(source.rows), source.item_ids, data)
