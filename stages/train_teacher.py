@@ -1,6 +1,7 @@
 """DVC stage `train_teacher@<name>`: LoRA/full fine-tuning of teacher <name> → models/teachers/<name>.
 
-Multi-GPU (or multi-process CPU): `accelerate launch --num_processes 2 stages/train_teacher.py <name>`.
+Data-parallel: `torchrun --nproc_per_node N stages/train_teacher.py <name>` (GPUs or CPU processes), or
+`accelerate launch --multi_gpu --num_processes N stages/train_teacher.py <name>` on GPUs.
 """
 
 from distillrec.stage import stage

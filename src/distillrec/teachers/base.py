@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from distillrec.errors import DataError
 from distillrec.params import TeacherExportParams, TeacherParams
@@ -142,10 +142,6 @@ class Teacher(ABC):
     @abstractmethod
     def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
         """Top-K (and embeddings, states, explanations where the family has them) for `examples`."""
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self._tokenizer
 
 
 def teacher_class(family: str) -> type[Teacher]:

@@ -147,7 +147,7 @@ class CausalTeacher(Teacher):
 
     def __init__(self, cfg: TeacherParams, device: torch.device, module: CausalRecModule, tokenizer: Any):
         super().__init__(cfg, device)
-        self.module, self._tokenizer = module, tokenizer
+        self.module, self.tokenizer = module, tokenizer
 
     @classmethod
     def create(cls, cfg: TeacherParams, data: TeacherData) -> CausalTeacher:

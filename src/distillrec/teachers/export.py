@@ -7,6 +7,7 @@ examples (DLLM2Rec aligned teacher rows by row order, ALGORITHMS.md B5; we never
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distillrec.errors import DataError
-from distillrec.io import atomic_dir, write_json
+from distillrec.io import atomic_dir, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 KEY = ["user_idx", "position"]
@@ -167,6 +168,15 @@ class TeacherExport:
     @property
     def name(self) -> str:
         return self.folder.name
+
+    def content_id(self) -> str:
+        """Hash of the exported tables (not teacher.json, whose time stamp changes on every export),
+        so a student distilled from an identical re-export resumes instead of retraining."""
+        digest = hashlib.sha256()
+        for name in ("topk.parquet", "item_embeddings.parquet", "sequence_states.parquet"):
+            if (self.folder / name).exists():
+                digest.update(sha256_file(self.folder / name).encode())
+        return digest.hexdigest()
 
     def topk(self, split: str | None = None) -> TopK:
         """Top-K arrays sorted by key, optionally of one split."""

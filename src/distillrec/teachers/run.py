@@ -29,7 +29,7 @@ def teacher_params(params: Params, name: str) -> TeacherParams:
 
 
 def _is_main_process() -> bool:
-    """False in the non-zero ranks of an `accelerate launch` run: they train but do not write."""
+    """False in the non-zero ranks of a torchrun/accelerate run: they train but do not write."""
     from accelerate import PartialState
 
     return PartialState().is_main_process

@@ -172,7 +172,7 @@ class Seq2SeqTeacher(Teacher):
     def __init__(self, cfg: TeacherParams, device: torch.device, module: PODModel, tokenizer):
         super().__init__(cfg, device)
         self.module = module.to(device)
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.codec = Codec(tokenizer)
         self.dtype = resolve_dtype(cfg, device)
 

@@ -44,7 +44,7 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
     objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs)
     identity = {"method": method, "params": kwargs,
-                "teachers": {e.name: sha256_file(e.folder / "teacher.json") for e in exports}}
+                "teachers": {e.name: e.content_id() for e in exports}}
     return objective, identity
 
 
