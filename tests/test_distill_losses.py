@@ -20,11 +20,12 @@ from distillrec.distill.lookup import TeacherLookup
 from distillrec.distill.prmkd import consistency_weights as prmkd_weights
 from distillrec.distill.prmkd import kl, topk_scores
 from distillrec.errors import DataError, ParamsError
-from distillrec.params import StudentParams
+from distillrec.params import Params, StudentParams
 from distillrec.students import STUDENTS, build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.export import ExportTables, States, TeacherExport, TopK, select_examples, write_export
 from distillrec.train.objectives import Batch, cross_entropy, sampled_bce
+from distillrec.train.run import teacher_gate
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0}
 MAX_LENGTH = 8
@@ -293,6 +294,42 @@ def test_logit_kd_by_hand():
     assert softened_kl(teacher, student, 2.0).item() == pytest.approx(expected.item())
     dense = catalogue_scores(torch.tensor([[4, 2]]), torch.tensor([[1.0, 0.5]]), 5, 1.0)
     assert dense.tolist() == [[-0.5, 0.5, -0.5, 1.0, -0.5]]
+
+
+def test_logit_kd_residual_floor_spreads_the_left_over_probability(data, teachers):
+    listed = torch.tensor([[0.5, 0.3]]).log()
+    dense = catalogue_scores(torch.tensor([[4, 2]]), listed, 5, 1.0, residual=True)
+    assert dense.exp()[0].tolist() == pytest.approx([0.2 / 3, 0.3, 0.2 / 3, 0.5, 0.2 / 3])
+    assert dense.exp().sum().item() == pytest.approx(1.0)
+    model = make_student("sasrec", data.n_items)
+    with pytest.raises(DataError, match="not log-probabilities.*floor: margin"):  # scores 0, -0.5, ...: sum > 1
+        build_distill_objective("logit_kd", cross_entropy, [teachers["full"]], data, model,
+                                full_catalogue=True, floor="residual")
+
+
+def test_gate_switches_the_teacher_term_off_while_the_student_is_ahead(data, teachers):
+    """The gate value is the best teacher's validation metric: the oracle 'full' export ranks every
+    validation target first (NDCG 1), the 'wrong' export never lists it (NDCG 0)."""
+    params = Params.model_validate({"train": {"select_metric": "ndcg@5"}})
+    model = make_student("sasrec", data.n_items).eval()
+    objective = build_distill_objective("logit_kd", cross_entropy, [teachers["wrong"]], data, model)
+    assert teacher_gate(Params(), objective, [teachers["full"]], data) is None  # K = 5 < 10: undefined, stays on
+    assert objective.gate_metric is None
+    assert teacher_gate(params, objective, [teachers["wrong"]], data) == 0.0
+    assert teacher_gate(params, objective, [teachers["wrong"], teachers["full"]], data) == 1.0
+    objective.enable_gate("ndcg@5", 0.05)
+    batch = trainer_batch(model, data, n=20)
+    with torch.no_grad():
+        gated_on, logs_on = objective(model, batch)
+        objective.observe({"ndcg@5": 0.06})          # the student is ahead: no teacher term
+        gated_off, logs_off = objective(model, batch)
+        base, _ = cross_entropy(model, batch)
+        objective.observe({"ndcg@5": 0.05})          # level again: the teacher term is back
+        again, _ = objective(model, batch)
+    assert logs_on["gate"] == 1.0 and logs_off["gate"] == 0.0
+    assert gated_off.item() == pytest.approx(base.item()) and gated_on.item() > base.item()
+    assert again.item() == pytest.approx(gated_on.item())
+    assert "gate" in dict(objective.named_buffers())  # checkpointed with the loss, so resume keeps it
 
 
 def test_uncovered_examples_add_only_the_base_loss(data, teachers):

@@ -155,7 +155,8 @@ class LoraParams(Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(
-        None, description="null = the family default: T5 q,v; causal q_proj,k_proj,v_proj,o_proj")
+        None, description="null = the family default: T5 q,v; causal q_proj,k_proj,v_proj,o_proj; "
+                          "text: peft's default for the encoder's architecture (BERT query,value)")
 
 
 class ModelConfigParams(Section):
@@ -245,6 +246,41 @@ class IdTeacherParams(StudentParams):
     window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
 
 
+TextField = Literal["title", "categories", "brand", "description"]
+
+
+class TextTeacherParams(Section):
+    """UniSRec-like teacher: items are a text encoder's view of their text, read by a SASRec."""
+
+    fields: list[TextField] = Field(
+        list(typing.get_args(TextField)), min_length=1, description="Item text: these item_map fields, in this order")
+    max_text_tokens: int = Field(64, ge=2, description="An item's text is cut to this many tokens")
+    encode_batch_size: int = Field(128, ge=1, description="Items per encoder call in a catalogue pass")
+    grad_items: int | None = Field(
+        256, ge=1, description="Batch items re-encoded with gradient per step (a random subset); null = all")
+    encoder_lr: float | None = Field(None, gt=0.0, description="AdamW lr of the encoder's trainable weights "
+                                                               "(lora/full); null = train.lr")
+    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
+    adaptor_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                   description="Dropout on the experts' input (UniSRec 0.2; no gain on ml-100k)")
+    hidden: int = Field(64, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_length: int = Field(50, ge=2, description="Longest history the SASRec reads")
+    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
+
+    @model_validator(mode="after")
+    def _check(self) -> TextTeacherParams:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields has duplicates: {self.fields}")
+        if self.window_stride is not None and self.window_stride > self.max_length:
+            raise ValueError(f"window_stride ({self.window_stride}) must be <= max_length ({self.max_length})")
+        return self
+
+
 class ImportParams(Section):
     """Another system's teacher outputs, validated and rewritten in our export schema."""
 
@@ -261,9 +297,10 @@ class ImportParams(Section):
 class TeacherParams(Section):
     """One teacher: the family, where its weights come from, how it trains and exports."""
 
-    family: Literal["seq2seq", "causal", "id", "import"] = "seq2seq"
+    family: Literal["seq2seq", "causal", "id", "import", "text"] = "seq2seq"
     base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
-    finetune: Literal["lora", "full"] = "lora"
+    finetune: Literal["lora", "full", "frozen"] = Field(
+        "lora", description="frozen (text family only): the encoder is not trained, items are encoded once")
     config: ModelConfigParams = ModelConfigParams()
     lora: LoraParams = LoraParams()
     train: TeacherTrainParams = TeacherTrainParams()
@@ -272,9 +309,16 @@ class TeacherParams(Section):
     causal: CausalParams = CausalParams()
     id: IdTeacherParams = IdTeacherParams()
     imported: ImportParams = ImportParams()
+    text: TextTeacherParams = TextTeacherParams()
 
     @model_validator(mode="after")
     def _check(self) -> TeacherParams:
+        if self.family == "text" and self.base_model is None:
+            raise ValueError("family text needs base_model: a Hugging Face id or folder of a text encoder "
+                             "(e.g. sentence-transformers/all-MiniLM-L6-v2)")
+        if self.finetune == "frozen" and self.family != "text":
+            raise ValueError(f"finetune: frozen applies to family text only (family is {self.family}); "
+                             f"use lora or full")
         if self.family == "import" and (self.imported.path is None or (
                 self.imported.format == "dllm2rec" and self.imported.rows is None)):
             raise ValueError("family import needs imported.path (and imported.rows for format dllm2rec)")
@@ -328,6 +372,9 @@ class LogitKDParams(Section):
     top_k: int | None = Field(None, ge=1, description="null = the export's K")
     full_catalogue: bool = False
     floor_margin: float = Field(1.0, ge=0.0)
+    floor: Literal["margin", "residual"] = Field(
+        "margin", description="full_catalogue: unlisted items at min(listed) - floor_margin, or (residual, "
+                              "log-probability scores) the left-over probability spread evenly")
 
 
 DISTILL_METHODS = ("dllm2rec", "prmkd", "feature", "logit_kd")
@@ -338,6 +385,9 @@ class DistillParams(Section):
 
     methods: list[Literal["dllm2rec", "prmkd", "feature", "logit_kd"]] = Field([])
     teachers: list[str] = Field([], description="prmkd uses all; other methods the first")
+    gate: bool = Field(True, description="Teacher terms only while the teacher's validation "
+                                          "train.select_metric is at least the student's latest "
+                                          "(a weaker teacher cannot pull the student down)")
     dllm2rec: DLLM2RecParams = DLLM2RecParams()
     prmkd: PRMKDParams = PRMKDParams()
     feature: FeatureParams = FeatureParams()

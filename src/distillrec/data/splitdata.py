@@ -93,6 +93,12 @@ class SplitData:
         first = np.where(k == np.repeat(later, n_windows), 0, max_length - stride)
         return self.histories(users, ends, max_length + 1), users, ends, first
 
+    def training_counts(self) -> np.ndarray:
+        """Occurrences [N + 1] of each item in the training part of the sequences (before validation)."""
+        within = np.arange(len(self.items)) - np.repeat(self.offsets[:-1], self.lengths)
+        in_train = within < np.repeat(self.lengths - 2, self.lengths)
+        return np.bincount(self.items[in_train], minlength=self.n_items + 1)
+
     def history_sets(self, users: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) pairs of every item before `position` for each example (for exclusion)."""
         starts = self.offsets[np.asarray(users) - 1]

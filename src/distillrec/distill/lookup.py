@@ -212,6 +212,19 @@ class DistillObjective(nn.Module, ABC):
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.base, self.weight = base, weight
+        self.register_buffer("gate", torch.ones(()))  # a buffer: checkpointed, so a resumed run keeps it
+        self.gate_metric: tuple[str, float] | None = None
+
+    def enable_gate(self, metric: str, teacher_value: float) -> None:
+        """Teacher terms only while the teacher's validation `metric` is at least the student's latest."""
+        self.gate_metric = (metric, teacher_value)
+
+    def observe(self, valid: dict[str, float]) -> None:
+        """After each validation: a student that now ranks validation better than its teacher stops
+        learning from it (a weaker teacher would pull it down); it resumes if it falls behind again."""
+        if self.gate_metric is not None:
+            metric, teacher_value = self.gate_metric
+            self.gate.fill_(float(valid[metric] <= teacher_value))
 
     def _follow(self, device: torch.device) -> None:
         """Moves the loss's own tensors to the batch's device if the trainer has not (first call only:
@@ -241,8 +254,8 @@ class DistillObjective(nn.Module, ABC):
         values, covered, extra = self.teacher_term(shared, sup, batch)
         term = values.sum() / max(m, 1)
         logs = {**logs, **extra, self.name: term.item(), "teacher_rows": int(covered.sum()),
-                "no_teacher": int((~covered).sum())}
-        loss = loss + self.weight * term
+                "no_teacher": int((~covered).sum()), "gate": self.gate.item()}
+        loss = loss + self.weight * self.gate * term
         more, more_logs = self.student_term(shared, sup)
         if more is not None:
             loss = loss + more

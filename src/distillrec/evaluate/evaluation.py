@@ -31,10 +31,7 @@ log = logging.getLogger(__name__)
 
 def popularity_scores(data: SplitData) -> torch.Tensor:
     """Count of each item in the training part of every sequence (everything before validation)."""
-    within = np.arange(len(data.items)) - np.repeat(data.offsets[:-1], data.lengths)
-    in_train = within < np.repeat(data.lengths - 2, data.lengths)
-    counts = np.bincount(data.items[in_train], minlength=data.n_items + 1)
-    scores = torch.as_tensor(counts, dtype=torch.float32)
+    scores = torch.as_tensor(data.training_counts(), dtype=torch.float32)
     scores[0] = torch.finfo(torch.float32).min
     return scores
 

@@ -50,11 +50,14 @@ def from_pretrained(auto_cls: Any, name: str, **kwargs: Any) -> Any:
                         f"config.json and weights): {exc}") from None
 
 
-def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: list[str],
+def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: list[str] | None,
                    task_type: str) -> torch.nn.Module:
-    """LoRA via peft (only adapter weights train), or the whole model for `full`."""
-    if cfg.finetune == "full":
-        return model
+    """LoRA via peft (only adapter weights train), the whole model for `full`, nothing for `frozen`.
+
+    `default_targets` None lets peft pick the LoRA targets of the model's architecture.
+    """
+    if cfg.finetune != "lora":
+        return model.requires_grad_(cfg.finetune == "full")
     from peft import LoraConfig, get_peft_model
 
     lora = cfg.lora
@@ -67,7 +70,12 @@ def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: 
 
 
 def save_backbone(model: torch.nn.Module, cfg: TeacherParams, folder: Path) -> None:
-    """The adapter (LoRA) and, unless the base is a named pretrained model, the full base too."""
+    """The adapter (LoRA) and, unless the base is a named pretrained model, the full base too.
+
+    A frozen base is the named pretrained model itself: nothing to save.
+    """
+    if cfg.finetune == "frozen":
+        return
     if cfg.finetune == "lora":
         model.save_pretrained(folder / "adapter")
         if cfg.base_model is None:
@@ -91,19 +99,24 @@ def load_backbone(auto_cls: Any, cfg: TeacherParams, folder: Path, dtype: torch.
     """Inverse of `save_backbone`: base (saved or named) plus the saved adapter."""
     base_dir = folder / "backbone"
     base = from_pretrained(auto_cls, str(base_dir) if base_dir.is_dir() else cfg.base_model, dtype=dtype)
-    if cfg.finetune == "full":
-        return base
+    if cfg.finetune != "lora":
+        return base.requires_grad_(cfg.finetune == "full")
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, folder / "adapter")
 
 
-def load_extras(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
+def read_extras(folder: Path) -> dict[str, Any]:
+    """The tensors of `extras.pt`, or a DataError that says to re-train."""
     path = folder / "extras.pt"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign file
         raise DataError(f"{path} is unreadable ({type(exc).__name__}: {exc}); re-run train_teacher") from None
+
+
+def load_extras(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
+    path, state = folder / "extras.pt", read_extras(folder)
     for name, module in modules.items():
         try:
             module.load_state_dict(state[name])
@@ -158,6 +171,9 @@ def teacher_class(family: str) -> type[Teacher]:
     if family == "import":
         from distillrec.teachers.imported import ImportTeacher
         return ImportTeacher
+    if family == "text":
+        from distillrec.teachers.text import TextTeacher
+        return TextTeacher
     raise DataError(f"unknown teacher family {family!r}")
 
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TrainParams
-from distillrec.students import build_student
+from distillrec.students import Student, build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.base import Teacher, device_of
 from distillrec.teachers.data import TeacherData
@@ -30,12 +30,39 @@ log = logging.getLogger(__name__)
 SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
 
 
-def train_params(cfg: TeacherParams) -> TrainParams:
+def train_params(cfg: TeacherParams, window_stride: int | None) -> TrainParams:
     """The students' trainer settings from the teacher's `train` section."""
     t = cfg.train
     return TrainParams(lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
                        patience=t.patience, seeds=[t.seed], device=t.device, threads=t.threads,
-                       window_stride=cfg.id.window_stride)
+                       window_stride=window_stride)
+
+
+@torch.no_grad()
+def export_student(model: Student, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams,
+                   max_length: int, info: dict) -> ExportTables:
+    """Full-catalogue scores of each example's history; the top K by log-softmax, the output item
+    table and the state that scores each history (the id and text teachers are students inside)."""
+    model, device = model.eval(), next(model.parameters()).device
+    users = examples["user_idx"].to_numpy().astype(np.int64)
+    positions = examples["position"].to_numpy().astype(np.int64)
+    k = min(cfg.top_k, data.n_items)
+    items, scores, states = [], [], []
+    for start in tqdm(range(0, len(users), cfg.batch_size), desc="top-K", disable=None):
+        u, p = users[start:start + cfg.batch_size], positions[start:start + cfg.batch_size]
+        history = torch.as_tensor(data.split.histories(u, p, max_length), device=device)
+        state = model.user_states(history)
+        logits = model.score(state).float()
+        logits[:, 0] = -torch.inf
+        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
+        items.append(top.indices.cpu())
+        scores.append(top.values.cpu())
+        states.append(state.float().cpu())
+    table = model.item_embeddings()[1:].detach().float().cpu().numpy()
+    return ExportTables(TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),
+                        item_embeddings=table, states=States(users, positions, torch.cat(states).numpy()),
+                        info={"score": SCORE, "max_length": max_length,
+                              "states": "the state that scores the history"} | info)
 
 
 class IdTeacher(Teacher):
@@ -54,8 +81,8 @@ class IdTeacher(Teacher):
         return cls(cfg, build_student(cfg.id, data.n_items))
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        trainer = Trainer(self.module, data.split, self.cfg.id, train_params(self.cfg), cross_entropy,
-                          checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
+        trainer = Trainer(self.module, data.split, self.cfg.id, train_params(self.cfg, self.cfg.id.window_stride),
+                          cross_entropy, checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
         state = trainer.fit()
         student = StudentParams.model_validate(self.cfg.id.model_dump(exclude={"window_stride"}))
         self.meta = {"student": student.model_dump(mode="json"), "n_items": data.n_items,
@@ -73,28 +100,7 @@ class IdTeacher(Teacher):
         model, meta = load_student(folder / "model", device_of(cfg))
         return cls(cfg, model, meta)
 
-    @torch.no_grad()
     def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
-        """Full-catalogue scores of each example's history; the top K by log-softmax."""
-        model, length = self.module.eval(), self.cfg.id.max_length
-        users = examples["user_idx"].to_numpy().astype(np.int64)
-        positions = examples["position"].to_numpy().astype(np.int64)
-        k = min(cfg.top_k, data.n_items)
-        items, scores, states = [], [], []
-        for start in tqdm(range(0, len(users), cfg.batch_size), desc="top-K", disable=None):
-            u, p = users[start:start + cfg.batch_size], positions[start:start + cfg.batch_size]
-            history = torch.as_tensor(data.split.histories(u, p, length), device=self.device)
-            state = model.user_states(history)
-            logits = model.score(state).float()
-            logits[:, 0] = -torch.inf
-            top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
-            items.append(top.indices.cpu())
-            scores.append(top.values.cpu())
-            states.append(state.float().cpu())
-        table = model.item_embeddings()[1:].detach().float().cpu().numpy()
-        info = {"family": "id", "score": SCORE, "model": self.cfg.id.model, "hidden": self.cfg.id.hidden,
-                "max_length": length,
-                "item_embeddings": "the model's output item table", "states": "the state that scores the history"}
-        return ExportTables(TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),
-                            item_embeddings=table, states=States(users, positions, torch.cat(states).numpy()),
-                            info=info)
+        info = {"family": "id", "model": self.cfg.id.model, "hidden": self.cfg.id.hidden,
+                "item_embeddings": "the model's output item table"}
+        return export_student(self.module, data, examples, cfg, self.cfg.id.max_length, info)

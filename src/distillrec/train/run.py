@@ -43,9 +43,25 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
                                      for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
     objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs)
-    identity = {"method": method, "params": kwargs,
-                "teachers": {e.name: e.content_id() for e in exports}}
+    identity = {"method": method, "params": kwargs, "teachers": {e.name: e.content_id() for e in exports},
+                "gate": teacher_gate(params, objective, exports, data) if params.distill.gate else None}
     return objective, identity
+
+
+def teacher_gate(params: Params, objective: Any, exports: list[Any], data: SplitData) -> float | None:
+    """Enable the objective's gate at the best teacher's validation value of the selection metric."""
+    from distillrec.evaluate.listed import listed_metrics
+
+    metric = params.train.select_metric
+    k = int(metric.split("@")[1])
+    values = [listed_metrics(e, data, "valid", [k], False)[1][metric] for e in exports]
+    known = [v for v in values if v is not None]
+    if not known:  # imported teachers without validation rows, or K below the metric's cut-off
+        log.warning("distill.gate: no teacher has a validation %s; the teacher terms stay on", metric)
+        return None
+    objective.enable_gate(metric, max(known))
+    log.info("distill.gate: teacher terms stop while the student's validation %s exceeds %.4f", metric, max(known))
+    return max(known)
 
 
 def served_parameters(model: Student) -> int:

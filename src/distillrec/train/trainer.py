@@ -65,7 +65,11 @@ class Trainer:
         _, ranks = rank_split(student_scorer(self.model), self.data, "valid", self.max_length,
                               self.cfg.eval_batch_size, self.device)
         k = int(self.cfg.select_metric.split("@")[1])
-        return metrics_from_ranks(ranks, sorted({5, 10, 20, k}))
+        metrics = metrics_from_ranks(ranks, sorted({5, 10, 20, k}))
+        observe = getattr(self.objective, "observe", None)  # a distillation gate follows validation
+        if observe is not None:
+            observe(metrics)
+        return metrics
 
     def fit(self) -> FitState:
         return self.loop.run()
