@@ -20,6 +20,7 @@ from distillrec.distill.lookup import TeacherLookup
 from distillrec.distill.prmkd import consistency_weights as prmkd_weights
 from distillrec.distill.prmkd import kl, topk_scores
 from distillrec.errors import DataError, ParamsError
+from distillrec.evaluate.listed import listed_metrics
 from distillrec.params import Params, StudentParams
 from distillrec.students import STUDENTS, build_student
 from distillrec.students.saved import load_student, save_student
@@ -313,10 +314,12 @@ def test_gate_switches_the_teacher_term_off_while_the_student_is_ahead(data, tea
     params = Params.model_validate({"train": {"select_metric": "ndcg@5"}})
     model = make_student("sasrec", data.n_items).eval()
     objective = build_distill_objective("logit_kd", cross_entropy, [teachers["wrong"]], data, model)
-    assert teacher_gate(Params(), objective, [teachers["full"]], data) is None  # K = 5 < 10: undefined, stays on
+    def valid(*names, k=5):
+        return [listed_metrics(teachers[n], data, "valid", [k], False)[1] for n in names]
+    assert teacher_gate(Params(), objective, valid("full", k=10)) is None  # K = 5 < 10: undefined, stays on
     assert objective.gate_metric is None
-    assert teacher_gate(params, objective, [teachers["wrong"]], data) == 0.0
-    assert teacher_gate(params, objective, [teachers["wrong"], teachers["full"]], data) == 1.0
+    assert teacher_gate(params, objective, valid("wrong")) == 0.0
+    assert teacher_gate(params, objective, valid("wrong", "full")) == 1.0
     objective.enable_gate("ndcg@5", 0.05)
     batch = trainer_batch(model, data, n=20)
     with torch.no_grad():

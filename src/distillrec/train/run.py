@@ -36,26 +36,27 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
     names = params.distill.teachers if method == "prmkd" else params.distill.teachers[:1]
     exports = [TeacherExport(teachers_root / name) for name in names]
     kwargs = getattr(params.distill, method).model_dump()
-    if method == "prmkd" and kwargs["teacher_weights"] is None:  # each teacher's validation strength
-        strength = [listed_metrics(e, data, "valid", [10], False)[1]["ndcg@10"] for e in exports]
+    gate_k = int(params.train.select_metric.split("@")[1])
+    weigh = method == "prmkd" and kwargs["teacher_weights"] is None
+    valid = ([listed_metrics(e, data, "valid", sorted({10, gate_k}), False)[1] for e in exports]  # ranked once
+             if weigh or params.distill.gate else [])
+    if weigh:  # each teacher's validation strength
+        strength = [v["ndcg@10"] for v in valid]
         known = [s for s in strength if s is not None]  # an imported teacher may have no validation rows
         kwargs["teacher_weights"] = [s if s is not None else (sum(known) / len(known) if known else 1.0)
                                      for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
     objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs)
     identity = {"method": method, "params": kwargs, "teachers": {e.name: e.content_id() for e in exports},
-                "gate": teacher_gate(params, objective, exports, data) if params.distill.gate else None}
+                "gate": teacher_gate(params, objective, valid) if params.distill.gate else None}
     return objective, identity
 
 
-def teacher_gate(params: Params, objective: Any, exports: list[Any], data: SplitData) -> float | None:
-    """Enable the objective's gate at the best teacher's validation value of the selection metric."""
-    from distillrec.evaluate.listed import listed_metrics
-
+def teacher_gate(params: Params, objective: Any, valid: list[dict[str, float | None]]) -> float | None:
+    """Enable the objective's gate at the best teacher's validation value of the selection metric
+    (`valid`: each teacher's validation metrics from its exported top-K)."""
     metric = params.train.select_metric
-    k = int(metric.split("@")[1])
-    values = [listed_metrics(e, data, "valid", [k], False)[1][metric] for e in exports]
-    known = [v for v in values if v is not None]
+    known = [v[metric] for v in valid if v.get(metric) is not None]
     if not known:  # imported teachers without validation rows, or K below the metric's cut-off
         log.warning("distill.gate: no teacher has a validation %s; the teacher terms stay on", metric)
         return None
