@@ -31,7 +31,7 @@ def test_repository_params_file_is_valid_and_complete():
         ({"student": {"hidden": 30, "heads": 4}}, "must be divisible by heads"),
         ({"train": {"window_stride": 60}}, "train.window_stride (60) must be <= student.max_length (50)"),
         ({"teachers": {"pod": {"train": {"lrr": 1}}}}, "unknown key 'teachers.pod.train.lrr'; allowed keys here: lr,"),
-        ({"teachers": {"pod": {"family": "gpt"}}}, "'teachers.pod.family': Input should be 'seq2seq', 'causal', 'id', 'import' or 'text'"),
+        ({"teachers": {"pod": {"family": "gpt"}}}, "'teachers.pod.family': Input should be 'seq2seq', 'causal', 'id', 'import', 'text' or 'fusion'"),
         ({"teachers": {"a b": {}}}, "teacher name 'a b'"),
         ({"teachers": {"t": {"config": {"d_model": 30, "heads": 4}}}}, "d_model (30) must be divisible by heads"),
         ({"teachers": {"t": {"causal": {"lm_weight": 0.0, "scoring_weight": 0.0}}}}, "cannot both be 0"),

@@ -61,13 +61,18 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
-    students = {"train_student@42", *(f"distill@{m}-42" for m in ("dllm2rec", "prmkd", "feature", "logit_kd"))}
-    assert _ran(first) == {"ingest", "split", "train_teacher@pod", "export_teacher@pod", *students, "evaluate"}
+    methods = ("dllm2rec", "prmkd", "feature", "logit_kd", "llm_init")
+    students = {"train_student@42", *(f"distill@{m}-42" for m in methods)}
+    assert _ran(first) == {"ingest", "split", "embed_items@words", "train_teacher@pod", "export_teacher@pod",
+                           *students, "evaluate"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 3_000
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(evaluation) == {"popularity", "teacher-pod", "baseline", "dllm2rec", "prmkd", "feature", "logit_kd"}
+    assert set(evaluation) == {"popularity", "teacher-pod", "baseline", *methods, "buckets"}
     assert evaluation["dllm2rec"]["vs_baseline"]["metric"] == "ndcg@10"
+    assert set(evaluation["buckets"]["users"]) == {"tail", "head", "short", "long"}
+    assert set(evaluation["dllm2rec"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p"}
+    assert (repo / "metrics" / "buckets.csv").is_file()
     assert 0 < evaluation["baseline"]["test"]["ndcg@10"] <= 1
     assert 0 <= evaluation["teacher-pod"]["test"]["ndcg@10"] <= 1
     assert 0 <= evaluation["teacher-pod"]["explanation"]["bleu1"] <= 100
@@ -76,10 +81,16 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     assert _ran(_run(["dvc", "repro"], repo)) == set()
     _set(repo, "distill.logit_kd.temperature", 3.0)
     assert _ran(_run(["dvc", "repro"], repo)) == {"distill@logit_kd-42", "evaluate"}
+    _set(repo, "distill.llm_init.scale", 0.05)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "evaluate"}
     _set(repo, "teachers.pod.export.top_k", 10)
     assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@pod", *students - {"train_student@42"}, "evaluate"}
+    _set(repo, "distill.llm_init.combine", ["logit_kd"])
+    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "distill_llm_init@logit_kd-42", "evaluate"}
+    assert "llm_init+logit_kd" in json.loads((repo / "metrics" / "eval.json").read_text())
     _set(repo, "split.item_core", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "train_teacher@pod", "export_teacher@pod", *students,
+    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "embed_items@words", "train_teacher@pod",
+                                                  "export_teacher@pod", *students, "distill_llm_init@logit_kd-42",
                                                   "evaluate"}
     _set(repo, "evaluate.ks", [1, 10])
     assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}

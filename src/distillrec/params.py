@@ -59,7 +59,7 @@ class AmazonParams(Section):
 
 
 class DatasetParams(Section):
-    source: Literal["synthetic", "movielens", "amazon", "recbole", "sequences"] = "synthetic"
+    source: Literal["synthetic", "movielens", "amazon", "recbole", "sequences", "lcrec", "unisrec"] = "synthetic"
     name: str = Field("synthetic", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     path: str | None = Field(None, description="Raw-file folder; default data/raw/<name>")
     synthetic: SyntheticParams = SyntheticParams()
@@ -213,7 +213,7 @@ class TeacherExportParams(Section):
 
 
 class Seq2SeqParams(Section):
-    """POD-style T5 teacher (ALGORITHMS.md section 2)."""
+    """POD-style T5 teacher (docs/methods.md §3.1)."""
 
     tasks: list[Literal["sequential", "explanation"]] = Field(["sequential", "explanation"], min_length=1)
     prompts_per_task: int = Field(3, ge=1, description="Continuous prompt vectors per task (POD P)")
@@ -222,7 +222,7 @@ class Seq2SeqParams(Section):
 
 
 class CausalParams(Section):
-    """BIGRec-style causal-LM teacher (ALGORITHMS.md section 1.9)."""
+    """BIGRec-style causal-LM teacher (docs/methods.md §3.2)."""
 
     max_history: int = Field(10, ge=1, description="Most recent items listed in the prompt")
     lm_weight: float = Field(1.0, ge=0.0, description="Weight of the next-title LM loss")
@@ -281,6 +281,81 @@ class TextTeacherParams(Section):
         return self
 
 
+class FusionTeacherParams(Section):
+    """Collaborative + language knowledge: item = ID embedding + adapted LM vector (embed_items@embedding)."""
+
+    embedding: str | None = Field(None, description="Name of the `embed` entry whose item vectors the teacher reads")
+    ids: bool = Field(True, description="Add a trainable ID embedding to the adapted LM vector (false = text-only "
+                                        "ablation: what family text is, from the stored vectors)")
+    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
+    adaptor_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the LM vectors (UniSRec 0.2)")
+    hidden: int = Field(128, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    max_length: int = Field(50, ge=2, description="Longest history the SASRec reads")
+    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
+
+    @model_validator(mode="after")
+    def _check(self) -> FusionTeacherParams:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.window_stride is not None and self.window_stride > self.max_length:
+            raise ValueError(f"window_stride ({self.window_stride}) must be <= max_length ({self.max_length})")
+        return self
+
+
+class EmbedConfigParams(Section):
+    """Sizes of the BERT built when embed.<name>.model is null (random init, seeded)."""
+
+    hidden: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    intermediate: int = Field(128, ge=8)
+    vocab_size: int = Field(2000, ge=64, description="Size of the tokenizer trained on the catalogue's text")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedConfigParams:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class EmbedParams(Section):
+    """One `embed_items@<name>`: a pretrained LM run once over every item's text -> item vectors."""
+
+    model: str | None = Field(None, description="HF id, folder or .gguf file (decoder); null = a small BERT "
+                                                "built from `config` (an offline stand-in)")
+    kind: Literal["encoder", "decoder"] = Field(
+        "encoder", description="encoder: AutoModel (T5: its encoder); decoder: AutoModelForCausalLM's last layer")
+    pooling: Literal["mean", "last"] = Field("mean", description="mean: masked mean over tokens; "
+                                                                 "last: the last real token (decoders)")
+    prompt: str | None = Field(None, description="Template with {text}, e.g. 'Item: {text}. In one word:'")
+    fields: list[TextField] = Field(
+        list(typing.get_args(TextField)), min_length=1, description="Item text: these item_map fields, in this order")
+    max_tokens: int = Field(64, ge=1, description="The item text is cut to this many tokens before the prompt")
+    batch_size: int = Field(64, ge=1)
+    chunk_items: int = Field(1024, ge=1, description="Items per resumable chunk (a checkpoint file)")
+    normalize: bool = Field(False, description="L2-normalise the vectors")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    config: EmbedConfigParams = EmbedConfigParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedParams:
+        if self.prompt is not None and "{text}" not in self.prompt:
+            raise ValueError(f"prompt must contain {{text}} where the item text goes (got {self.prompt!r})")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields has duplicates: {self.fields}")
+        if self.model is None and self.kind != "encoder":
+            raise ValueError("model null builds a small BERT encoder: set kind: encoder (or name a decoder model)")
+        if self.model is not None and self.model.endswith(".gguf") and self.kind != "decoder":
+            raise ValueError(f"a .gguf file is loaded as a causal LM: set kind: decoder (model {self.model!r})")
+        return self
+
+
 class ImportParams(Section):
     """Another system's teacher outputs, validated and rewritten in our export schema."""
 
@@ -297,7 +372,7 @@ class ImportParams(Section):
 class TeacherParams(Section):
     """One teacher: the family, where its weights come from, how it trains and exports."""
 
-    family: Literal["seq2seq", "causal", "id", "import", "text"] = "seq2seq"
+    family: Literal["seq2seq", "causal", "id", "import", "text", "fusion"] = "seq2seq"
     base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
     finetune: Literal["lora", "full", "frozen"] = Field(
         "lora", description="frozen (text family only): the encoder is not trained, items are encoded once")
@@ -310,9 +385,12 @@ class TeacherParams(Section):
     id: IdTeacherParams = IdTeacherParams()
     imported: ImportParams = ImportParams()
     text: TextTeacherParams = TextTeacherParams()
+    fusion: FusionTeacherParams = FusionTeacherParams()
 
     @model_validator(mode="after")
     def _check(self) -> TeacherParams:
+        if self.family == "fusion" and self.fusion.embedding is None:
+            raise ValueError("family fusion needs fusion.embedding: the name of an `embed` entry (its item vectors)")
         if self.family == "text" and self.base_model is None:
             raise ValueError("family text needs base_model: a Hugging Face id or folder of a text encoder "
                              "(e.g. sentence-transformers/all-MiniLM-L6-v2)")
@@ -328,7 +406,7 @@ class TeacherParams(Section):
 
 
 class DLLM2RecParams(Section):
-    """Importance-aware ranking distillation + collaborative embedding distillation (ALGORITHMS.md 1.3-1.5)."""
+    """Importance-aware ranking distillation + collaborative embedding distillation (docs/methods.md §4.1)."""
 
     weight: float = Field(0.8, ge=0.0, description="lambda of the ranking-distillation term")
     top_k: int = Field(10, ge=1, description="Teacher items distilled per example")
@@ -339,10 +417,12 @@ class DLLM2RecParams(Section):
     gamma_consistency: float = Field(0.1, ge=0.0)
     negatives: int = Field(1, ge=1)
     ed_weight: float = Field(0.2, ge=0.0, description="Weight of projected teacher item embeddings (0 = no CED)")
+    ed_table: str = Field("teacher", description="CED's item table: `teacher` (the export's item embeddings) or the "
+                                                 "name of an `embed` entry (the LM's own item vectors, as DLLM2Rec)")
 
 
 class PRMKDParams(Section):
-    """Multi-teacher in-batch distillation with consistency weights (ALGORITHMS.md 6)."""
+    """Multi-teacher in-batch distillation with consistency weights (docs/methods.md §4.2)."""
 
     weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
@@ -355,7 +435,7 @@ class PRMKDParams(Section):
 
 
 class FeatureParams(Section):
-    """SLMRec-style alignment of student hidden states to teacher sequence states (ALGORITHMS.md 3.4-3.5)."""
+    """SLMRec-style alignment of student hidden states to teacher sequence states (docs/methods.md §4.3)."""
 
     weight: float = Field(1.0, ge=0.0)
     blocks: list[int] = Field([-1], min_length=1, description="Student blocks aligned (-1 = last)")
@@ -378,12 +458,35 @@ class LogitKDParams(Section):
 
 
 DISTILL_METHODS = ("dllm2rec", "prmkd", "feature", "logit_kd")
+Method = Literal["dllm2rec", "prmkd", "feature", "logit_kd"]
+
+
+class LLMInitParams(Section):
+    """The student's item table starts as the LM's item vectors projected to its width (LLMInit/AlphaFuse)."""
+
+    embedding: str | None = Field(None, description="Name of the `embed` entry whose item vectors initialise the table")
+    projection: Literal["pca"] = Field("pca", description="pca: the top principal components of the centred vectors")
+    scale: float = Field(0.02, gt=0.0, description="Std of the projected table (the students' own init: 0.02)")
+    combine: list[Method] = Field([], description="Distillation methods also trained from the LM-initialised "
+                                                  "table: rows llm_init+<method> (what distillation adds on top)")
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMInitParams:
+        if len(set(self.combine)) != len(self.combine):
+            raise ValueError(f"combine has duplicates: {self.combine}")
+        return self
+
+
+def method_parts(method: str) -> list[str]:
+    """`llm_init+dllm2rec` -> ["llm_init", "dllm2rec"]: the LM initialisation, then a distillation method."""
+    return method.split("+")
 
 
 class DistillParams(Section):
     """Which methods the DAG trains besides the baseline, and from which teachers."""
 
-    methods: list[Literal["dllm2rec", "prmkd", "feature", "logit_kd"]] = Field([])
+    methods: list[Literal["dllm2rec", "prmkd", "feature", "logit_kd", "llm_init"]] = Field(
+        [], description="llm_init: the student's item table initialised from LM item vectors, no teacher")
     teachers: list[str] = Field([], description="prmkd uses all; other methods the first")
     gate: bool = Field(True, description="Teacher terms only while the teacher's validation "
                                           "train.select_metric is at least the student's latest "
@@ -392,6 +495,12 @@ class DistillParams(Section):
     prmkd: PRMKDParams = PRMKDParams()
     feature: FeatureParams = FeatureParams()
     logit_kd: LogitKDParams = LogitKDParams()
+    llm_init: LLMInitParams = LLMInitParams()
+
+    @property
+    def runs(self) -> list[str]:
+        """Every distilled student row: the methods, then llm_init+<method> for each combined method."""
+        return [*self.methods, *(f"llm_init+{method}" for method in self.llm_init.combine)]
 
     @model_validator(mode="after")
     def _check(self) -> DistillParams:
@@ -399,6 +508,14 @@ class DistillParams(Section):
             if len(set(values)) != len(values):
                 raise ValueError(f"distill.{name} has duplicates: {values}")
         return self
+
+
+class BucketParams(Section):
+    """Test users split by the target item's training popularity and by history length."""
+
+    tail_share: float = Field(0.8, gt=0.0, lt=1.0, description=(
+        "tail = targets among this share of items with the fewest training occurrences; head = the rest"))
+    short_history: int = Field(5, ge=1, description="short = at most this many items before the target")
 
 
 class EvaluateParams(Section):
@@ -410,6 +527,7 @@ class EvaluateParams(Section):
     batch_size: int = Field(1024, ge=1)
     latency_batch_size: int = Field(1, ge=1, description="Users per call when timing inference")
     latency_repeats: int = Field(200, ge=1, description="Timed calls for ms/user")
+    buckets: BucketParams = BucketParams()
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateParams:
@@ -426,6 +544,7 @@ class Params(Section):
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
     teachers: dict[str, TeacherParams] = {}
+    embed: dict[str, EmbedParams] = {}
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
 
@@ -434,17 +553,37 @@ class Params(Section):
         for name in self.teachers:
             if not TEACHER_NAME.fullmatch(name):
                 raise ValueError(f"teacher name {name!r}: use letters, digits, '_' and '-'")
+        for name in self.embed:
+            if not TEACHER_NAME.fullmatch(name):
+                raise ValueError(f"embed name {name!r}: use letters, digits, '_' and '-'")
         unknown = [name for name in self.distill.teachers if name not in self.teachers]
-        if self.distill.methods and not self.distill.teachers:
-            raise ValueError("distill.methods need at least one teacher in distill.teachers")
+        taught = [m for m in self.distill.runs if set(method_parts(m)) & set(DISTILL_METHODS)]
+        if taught and not self.distill.teachers:
+            raise ValueError(f"distill.methods {taught} need at least one teacher in distill.teachers")
         if unknown:
             raise ValueError(f"distill.teachers {unknown} are not configured under teachers "
                              f"(configured: {', '.join(self.teachers) or 'none'})")
+        self._check_embeddings()
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
             raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "
                              f"({self.student.max_length})")
         return self
+
+
+    def _check_embeddings(self) -> None:
+        """Every section that reads item vectors names a configured `embed` entry."""
+        wanted = {f"teachers.{name}.fusion.embedding": t.fusion.embedding
+                  for name, t in self.teachers.items() if t.family == "fusion"}
+        if any(method_parts(m)[0] == "llm_init" for m in self.distill.runs):
+            wanted["distill.llm_init.embedding"] = self.distill.llm_init.embedding
+        if self.distill.dllm2rec.ed_table != "teacher" and any("dllm2rec" in method_parts(m)
+                                                                for m in self.distill.runs):
+            wanted["distill.dllm2rec.ed_table"] = self.distill.dllm2rec.ed_table
+        for key, name in wanted.items():
+            if name not in self.embed:
+                raise ValueError(f"{key} is {name!r}, which is not an entry of `embed` (configured: "
+                                 f"{', '.join(self.embed) or 'none'})" + ("; or `teacher`" if key.endswith("ed_table") else ""))
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

@@ -1,4 +1,4 @@
-"""DLLM2Rec (ALGORITHMS.md §1.3, §1.5): importance-aware ranking distillation + embedding distillation.
+"""DLLM2Rec (docs/methods.md §4.1): importance-aware ranking distillation + embedding distillation.
 
 Ranking distillation (RD): each of the teacher's top-K items is a weighted extra positive,
   ℓ_b = Σ_k w_bk · (−log σ(s_b,C_bk)) + Σ_n (−log σ(−s_b,n)),   Σ_k w_bk = 1,
@@ -16,8 +16,10 @@ Consistency w^o = 1[C_bk in the student's current top-K] is computed without gra
 left unnormalised (as DLLM2Rec): it adds γ_o per overlapping item before the normalisation.
 
 Collaborative embedding distillation (CED): `ItemAdapter` adds ed_weight · Linear(D → d)(z_i)
-of the frozen teacher item table to the student's INPUT item vectors, at training and at
-inference (students/base.py hook; saved.py folds it into fixed offsets).
+of a frozen item table to the student's INPUT item vectors, at training and at inference
+(students/base.py hook; saved.py folds it into fixed offsets). The table is the teacher's exported
+item embeddings, or (`ed_vectors`, params `ed_table: <embed entry>`) a language model's own item
+vectors, which is what DLLM2Rec projects (the LLM's title embeddings, not a trained teacher's table).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class DLLM2Rec(DistillObjective):
     def __init__(self, base: Any, lookup: TeacherLookup, student: Student, *, weight: float = 0.8,
                  top_k: int = 10, position_temperature: float = 1.0, confidence_temperature: float = 1.0,
                  gamma_position: float = 0.3, gamma_confidence: float = 0.5, gamma_consistency: float = 0.1,
-                 negatives: int = 1, ed_weight: float = 0.2):
+                 negatives: int = 1, ed_weight: float = 0.2, ed_vectors: torch.Tensor | None = None):
         super().__init__(base, weight)
         gammas = (gamma_position, gamma_confidence, gamma_consistency)
         if min(gammas) < 0 or sum(gammas) <= 0:
@@ -152,7 +154,9 @@ class DLLM2Rec(DistillObjective):
         if student.n_items <= self.top_k + 1:
             raise DataError(f"RD needs more than top_k + 1 = {self.top_k + 1} items to draw negatives")
         self.position_temperature, self.confidence_temperature = position_temperature, confidence_temperature
-        if ed_weight > 0:
+        if ed_weight > 0 and ed_vectors is not None:  # an LM's own item vectors, as DLLM2Rec projects
+            attach_item_adapter(student, ed_vectors.float(), ed_weight)
+        elif ed_weight > 0:
             if lookup.item_embeddings is None:
                 raise DataError(f"teacher export {lookup.folder} has no item embeddings: embedding "
                                 "distillation (ed_weight > 0) needs item_embeddings.parquet; set ed_weight: 0")

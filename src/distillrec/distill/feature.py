@@ -1,4 +1,4 @@
-"""SLMRec-style feature distillation (ALGORITHMS.md §3.4–3.5).
+"""SLMRec-style feature distillation (docs/methods.md §4.3).
 
 The student's block outputs at a supervised position are pulled toward the teacher's exported
 sequence state for the same key:

@@ -1,6 +1,6 @@
 """Teacher rows by batch key, and the wrapper every distillation loss shares.
 
-DLLM2Rec aligned teacher rows to student rows by row order (ALGORITHMS.md B5). Here a teacher
+DLLM2Rec aligned teacher rows to student rows by row order (docs/methods.md §1). Here a teacher
 row is only ever found by its (user_idx, position) key, through a dense index over the split's
 flat sequence array: row = index[offsets[user - 1] + position], -1 where the teacher has none.
 Keys are validated against the split once, when the lookup is built.

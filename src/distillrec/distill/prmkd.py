@@ -1,4 +1,4 @@
-"""PRM-KD (ALGORITHMS.md §6): in-batch distillation from several teachers with consistency weights.
+"""PRM-KD (docs/methods.md §4.2): in-batch distillation from several teachers with consistency weights.
 
 Per example i and teacher k, over the J distinct positive items of the batch:
 1. raw scores: state_i · e_j when the export has both sequence states and item embeddings

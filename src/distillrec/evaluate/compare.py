@@ -36,10 +36,19 @@ def per_user(ranks: list[np.ndarray], metric: str) -> np.ndarray:
     return np.mean([metric_per_example(torch.as_tensor(r), metric).numpy() for r in ranks], axis=0)
 
 
-def paired_comparison(baseline: list[np.ndarray], other: list[np.ndarray], metric: str) -> dict[str, float | None]:
-    """Relative gain of the mean and the two-sided paired t-test p-value over users."""
+def paired_comparison(baseline: list[np.ndarray], other: list[np.ndarray], metric: str,
+                      mask: np.ndarray | None = None) -> dict[str, float | None]:
+    """Relative gain of the mean and the two-sided paired t-test p-value over users.
+
+    `mask` [users] restricts both to a subset of users (a bucket); an empty subset gives None, and
+    a single user no p-value.
+    """
     base, new = per_user(baseline, metric), per_user(other, metric)
-    gain = new.mean() / base.mean() - 1 if base.mean() > 0 else None
+    if mask is not None:
+        base, new = base[mask], new[mask]
+    if not len(base):
+        return {"metric": metric, "gain": None, "p_value": None}
+    gain = float(new.mean() / base.mean() - 1) if base.mean() > 0 else None
     diff = new - base
-    p = None if np.allclose(diff, 0) else float(stats.ttest_rel(new, base).pvalue)
+    p = None if len(diff) < 2 or np.allclose(diff, 0) else float(stats.ttest_rel(new, base).pvalue)
     return {"metric": metric, "gain": gain, "p_value": None if p is None or math.isnan(p) else p}

@@ -1,7 +1,8 @@
 """Rank the validation and test splits once per row and gather quality and cost in one table.
 
 Rows: `popularity` (training-item counts, the reference every model must beat), each teacher
-(from its exported top-K lists) and each saved student folder. Per-user test ranks are kept so that comparisons can run paired tests.
+(from its exported top-K lists) and each saved student folder. Per-user test ranks are kept so that comparisons can run paired tests
+and metrics can be broken down by bucket of users (evaluate/buckets.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import polars as pl
 import torch
 
 from distillrec.data.splitdata import SplitData
+from distillrec.evaluate.buckets import BucketReport, assign_buckets, bucket_metrics, compare_buckets
 from distillrec.evaluate.compare import aggregate, paired_comparison
 from distillrec.evaluate.cost import inference_cost
 from distillrec.evaluate.listed import listed_metrics
@@ -50,6 +52,7 @@ class Evaluator:
         self.device = resolve_device(device)
         self.table: dict[str, Any] = {}
         self.ranks: dict[str, np.ndarray] = {"user_idx": self.data.targets("test")[0]}
+        self.listed: dict[str, int] = {}  # rows that rank only their top K (teachers): K, 0 = no test rows
 
     def _evaluate(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> dict[str, Any]:
         """Metrics and cost of one scorer; its per-user test ranks are kept under `name`."""
@@ -79,6 +82,7 @@ class Evaluator:
             ranks, row[split] = listed_metrics(export, self.data, split, self.cfg.ks, self.cfg.exclude_history)
         self.ranks[name] = pl.Series(name, ranks).replace(0, None)  # null: beyond the top K
         info = export.info
+        self.listed[name] = int(info["top_k"]) if any(v is not None for v in row["test"].values()) else 0
         row["cost"] = {"parameters": info["parameters"], "trainable_parameters": info["trainable_parameters"],
                        "size_mb": info["size_mb"], "train_seconds": info["train_seconds"],
                        "ms_per_user": info["export"]["ms_per_example"],
@@ -107,6 +111,34 @@ class Evaluator:
         for name, ranks in runs.items():
             if name != baseline:
                 self.table[name]["vs_baseline"] = paired_comparison(runs[baseline], ranks, metric)
+
+    def _row_ranks(self, name: str) -> list[np.ndarray]:
+        """Per-user test ranks of a row, one array per run; a null rank (beyond a top K) is a miss."""
+        row = self.table[name]
+        keys = [f"{name}/{run}" for run in row["runs"]] if "runs" in row else [name]
+        miss = self.data.n_items + 1
+        return [np.array(pl.Series(self.ranks[key]).fill_null(miss).to_numpy()) for key in keys]
+
+    def by_bucket(self, baseline: str, metric: str) -> BucketReport:
+        """Test metrics of every row within each bucket of users (`evaluate.buckets`), with the gain
+        and paired p-value on `metric` against `baseline` for every other multi-run row."""
+        masks, info = assign_buckets(self.data, self.cfg.buckets)
+        for bucket, users in info["users"].items():
+            if not users:
+                log.warning("bucket %s has no test users: its metrics are undefined (evaluate.buckets: %s)",
+                            bucket, self.cfg.buckets)
+        metrics = [f"{m}@{k}" for k in self.cfg.ks for m in ("hr", "ndcg", "mrr")]
+        metrics += [metric] if metric not in metrics else []
+        compared = baseline in self.table and "runs" in self.table[baseline]
+        base = self._row_ranks(baseline) if compared else None
+        rows = {}
+        for name, row in self.table.items():
+            ranks = self._row_ranks(name)
+            rows[name] = bucket_metrics(ranks, masks, metrics, self.listed.get(name))
+            if base is not None and "runs" in row and name != baseline:
+                for bucket, versus in compare_buckets(base, ranks, metric, masks).items():
+                    rows[name][bucket].update(versus)
+        return BucketReport(info, metric, metrics, rows)
 
     def _student(self, name: str, folder: Path | str) -> dict[str, Any]:
         model, meta = load_student(folder, self.device)

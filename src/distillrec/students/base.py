@@ -6,7 +6,7 @@ padding never influence any output at a real position.
 
 Input item vectors come from `embed_items`, the one hook embedding distillation needs: an
 optional `item_adapter` module adds a per-item offset to the input side only (DLLM2Rec's CED,
-ALGORITHMS.md §1.3), at training and at inference alike; the scored item table is untouched.
+docs/methods.md §4.1), at training and at inference alike; the scored item table is untouched.
 """
 
 from __future__ import annotations
@@ -49,6 +49,18 @@ class ItemOffsets(nn.Module):
 
     def offsets(self) -> torch.Tensor:
         return self.table
+
+
+def trim_padding(history: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the leading columns that are padding in every row of `history` (and in `aligned` tensors of
+    the same [B, L] shape, e.g. targets): outputs at real positions do not depend on padding, so this
+    only saves compute on catalogues of short histories, where most of a window is padding."""
+    used = history != 0
+    for other in aligned:
+        used = used | (other != 0)
+    used = used.any(0)
+    start = int(used.to(torch.int8).argmax()) if bool(used.any()) else history.shape[1] - 1
+    return (history[:, start:], *(t[:, start:] for t in aligned))
 
 
 class Student(nn.Module, ABC):

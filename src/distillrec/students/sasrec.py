@@ -2,7 +2,7 @@
 
 Also home of `TransformerStudent`, the encoder BERT4Rec reuses with a bidirectional mask.
 
-Choices (all deliberate, see ALGORITHMS.md §1.2 for the DLLM2Rec version we do not copy):
+Choices (all deliberate, DLLM2Rec's SASRec differs; docs/methods.md §4.1):
 - Positions are counted from the RIGHT: the most recent item always gets the last row of the
   position table, whatever the amount of left padding, so padding never shifts positions.
 - Pre-LayerNorm blocks plus a final LayerNorm (as the original SASRec, stable without warm-up);

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from distillrec.errors import DataError
+from distillrec.hf import from_pretrained, resolve_precision
 from distillrec.params import TeacherExportParams, TeacherParams
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
@@ -28,26 +29,7 @@ log = logging.getLogger(__name__)
 
 def resolve_dtype(cfg: TeacherParams, device: torch.device) -> torch.dtype:
     """bf16 on CUDA unless fp32 is asked for; fp32 on CPU unless bf16 is asked for."""
-    precision = cfg.train.precision
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
-
-
-def from_pretrained(auto_cls: Any, name: str, **kwargs: Any) -> Any:
-    """`auto_cls.from_pretrained` with an error that says what was looked for and where."""
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise DataError(f"teacher base_model {name!r}: no such folder")
-    try:
-        return auto_cls.from_pretrained(str(Path(name).expanduser()) if _looks_local(name) else name, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"teacher base_model {name!r} could not be loaded with {auto_cls.__name__} "
-                        f"(a Hugging Face id needs network access or the local cache; a folder needs "
-                        f"config.json and weights): {exc}") from None
+    return resolve_precision(cfg.train.precision, device)
 
 
 def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: list[str] | None,
@@ -174,6 +156,9 @@ def teacher_class(family: str) -> type[Teacher]:
     if family == "text":
         from distillrec.teachers.text import TextTeacher
         return TextTeacher
+    if family == "fusion":
+        from distillrec.teachers.fusion import FusionTeacher
+        return FusionTeacher
     raise DataError(f"unknown teacher family {family!r}")
 
 

@@ -1,4 +1,4 @@
-"""BIGRec prompts (ALGORITHMS.md 1.9.1) built from separately tokenised pieces.
+"""BIGRec prompts (docs/methods.md §3.2) built from separately tokenised pieces.
 
 A prompt is `prefix + head + piece(t1) + ... + piece(tn) + marker`, each part tokenised on its own and
 the ids concatenated. So the ids of a shorter history are an exact prefix of the ids of a longer one,

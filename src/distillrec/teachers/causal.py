@@ -1,4 +1,4 @@
-"""BIGRec-style causal-LM teacher (ALGORITHMS.md 1.9): any `AutoModelForCausalLM`, items listed by title.
+"""BIGRec-style causal-LM teacher (docs/methods.md §3.2): any `AutoModelForCausalLM`, items listed by title.
 
 Training (one forward pass per example serves both losses):
 * `lm_weight` x next-title LM loss on the response tokens only. BIGRec also trains on the prompt

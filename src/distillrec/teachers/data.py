@@ -31,9 +31,10 @@ class TeacherData:
     split: SplitData
     titles: list[str | None]
     explanations: pl.DataFrame   # user_idx, position, item_idx, split, explanation
+    item_text: Path = Path("data/item_text")   # embed_items outputs, one folder per `embed` entry
 
     @classmethod
-    def load(cls, processed: Path | str) -> TeacherData:
+    def load(cls, processed: Path | str, item_text: Path | str = "data/item_text") -> TeacherData:
         processed = Path(processed)
         split = SplitData.load(processed)
         items = split.item_map.sort("item_idx")
@@ -50,7 +51,7 @@ class TeacherData:
                             .join(split.examples.select("user_idx", "position", "split"),
                                   on=["user_idx", "position"])
                             .select(explanations.columns).sort("user_idx", "position"))
-        return cls(split, titles, explanations)
+        return cls(split, titles, explanations, Path(item_text))
 
     @property
     def n_items(self) -> int:

@@ -1,7 +1,7 @@
 """The teacher export contract: the only thing the rest of distillrec knows about teachers.
 
 `data/teacher/<name>/` holds Parquet files keyed by (user_idx, position) of the split stage's
-examples (DLLM2Rec aligned teacher rows by row order, ALGORITHMS.md B5; we never do), and
+examples (DLLM2Rec aligned teacher rows by row order, docs/methods.md §1; we never do), and
 `teacher.json`. Every key is checked against the split when written, and again when loaded.
 """
 

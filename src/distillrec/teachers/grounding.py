@@ -1,4 +1,4 @@
-"""BIGRec ranking (ALGORITHMS.md 1.9.3-1.9.4): generate a title, ground it in the catalogue by L2 distance.
+"""BIGRec ranking (docs/methods.md §3.2): generate a title, ground it in the catalogue by L2 distance.
 
 φ(text) is the base model's (LoRA disabled) last-layer hidden state at the last token. Two fixes:
 * B10, duplicate titles: equal titles get bitwise-equal embeddings (each distinct title is embedded

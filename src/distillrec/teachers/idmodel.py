@@ -11,58 +11,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
-from tqdm import tqdm
 
-from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TrainParams
-from distillrec.students import Student, build_student
+from distillrec.params import StudentParams, TeacherExportParams, TeacherParams
+from distillrec.students import build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.base import Teacher, device_of
 from distillrec.teachers.data import TeacherData
-from distillrec.teachers.export import ExportTables, States, TopK
+from distillrec.teachers.export import ExportTables
+from distillrec.teachers.studentbacked import export_student, train_params
 from distillrec.train.loop import FitState
 from distillrec.train.objectives import cross_entropy
 from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
-
-
-def train_params(cfg: TeacherParams, window_stride: int | None) -> TrainParams:
-    """The students' trainer settings from the teacher's `train` section."""
-    t = cfg.train
-    return TrainParams(lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
-                       patience=t.patience, seeds=[t.seed], device=t.device, threads=t.threads,
-                       window_stride=window_stride)
-
-
-@torch.no_grad()
-def export_student(model: Student, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams,
-                   max_length: int, info: dict) -> ExportTables:
-    """Full-catalogue scores of each example's history; the top K by log-softmax, the output item
-    table and the state that scores each history (the id and text teachers are students inside)."""
-    model, device = model.eval(), next(model.parameters()).device
-    users = examples["user_idx"].to_numpy().astype(np.int64)
-    positions = examples["position"].to_numpy().astype(np.int64)
-    k = min(cfg.top_k, data.n_items)
-    items, scores, states = [], [], []
-    for start in tqdm(range(0, len(users), cfg.batch_size), desc="top-K", disable=None):
-        u, p = users[start:start + cfg.batch_size], positions[start:start + cfg.batch_size]
-        history = torch.as_tensor(data.split.histories(u, p, max_length), device=device)
-        state = model.user_states(history)
-        logits = model.score(state).float()
-        logits[:, 0] = -torch.inf
-        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
-        items.append(top.indices.cpu())
-        scores.append(top.values.cpu())
-        states.append(state.float().cpu())
-    table = model.item_embeddings()[1:].detach().float().cpu().numpy()
-    return ExportTables(TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),
-                        item_embeddings=table, states=States(users, positions, torch.cat(states).numpy()),
-                        info={"score": SCORE, "max_length": max_length,
-                              "states": "the state that scores the history"} | info)
 
 
 class IdTeacher(Teacher):

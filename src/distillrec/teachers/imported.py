@@ -1,7 +1,7 @@
 """The `import` teacher: another system's outputs, checked against our split, in our export schema.
 
 A user with BIGRec/DLLM2Rec teacher files distils from them without retraining. DLLM2Rec's files
-carry no keys (its rows are aligned to `train_data.df` by order, ALGORITHMS.md B5), so a `rows` file
+carry no keys (its rows are aligned to `train_data.df` by order, docs/methods.md §1), so a `rows` file
 names the (user, position) of every row; we then validate rows, item ids and values.
 
 DLLM2Rec format (`imported.format: dllm2rec`), all in `imported.path`:
@@ -9,8 +9,8 @@ DLLM2Rec format (`imported.format: dllm2rec`), all in `imported.path`:
 - `confidence_train.txt`: the same shape, the L2 distance of each listed item (smaller = better);
 - `all_embeddings.pt` (optional): [N, D] item embeddings, row = their item id (`torch.load`,
   weights only).
-The export score is -distance: softmax(score / tau) is then the softmax(-d / tau) that ALGORITHMS.md
-recommends, with tau (`distill.dllm2rec.confidence_temperature`) chosen from the distance quantiles
+The export score is -distance: softmax(score / tau) is then the softmax(-d / tau) that docs/methods.md §3.2
+calls for, with tau (`distill.dllm2rec.confidence_temperature`) chosen from the distance quantiles
 recorded in teacher.json.
 """
 

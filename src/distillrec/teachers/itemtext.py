@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from distillrec.embed.pooling import mean_pool
+from distillrec.embed.text import item_texts as join_fields
 from distillrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,11 +27,7 @@ log = logging.getLogger(__name__)
 
 def item_texts(item_map: pl.DataFrame, fields: Sequence[str]) -> list[str]:
     """Text of items 1..N: the present values of `fields`, in that order, joined by '. ' (lists by ', ')."""
-    items = item_map.sort("item_idx")
-    texts = []
-    for values in zip(*(items[field].to_list() for field in fields)):
-        parts = [", ".join(v for v in value if v) if isinstance(value, list) else value for value in values if value]
-        texts.append(". ".join(part.strip() for part in parts if part.strip()))
+    texts = join_fields(item_map, fields)
     missing = sum(not text for text in texts)
     if missing == len(texts):
         raise DataError(f"item_map.parquet: no item has text in {', '.join(fields)}; the text teacher reads "
@@ -44,12 +42,6 @@ def item_texts(item_map: pl.DataFrame, fields: Sequence[str]) -> list[str]:
 def weights_key(params: Sequence[torch.Tensor]) -> tuple[tuple[int, int], ...]:
     """Changes whenever any of `params` is written in place or given new storage."""
     return tuple((p.data_ptr(), p._version) for p in params)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention-masked mean over tokens, float32 (an empty text gives 0)."""
-    mask = mask.unsqueeze(-1).float()
-    return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 @dataclass(frozen=True)

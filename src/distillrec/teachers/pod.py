@@ -1,4 +1,4 @@
-"""POD inputs (ALGORITHMS.md 2.2-2.4): id words, templates, whole-word ids and padded batches.
+"""POD inputs (docs/methods.md §3.1): id words, templates, whole-word ids and padded batches.
 
 Users and items are written as words `user_<user_idx>` / `item_<item_idx>`; our indices are
 assigned by sorted original id, so an id word does not leak the sequence order as P5's

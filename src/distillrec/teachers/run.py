@@ -40,13 +40,15 @@ def _folder_mb(folder: Path) -> float:
 
 
 def train_teacher(params: Params, name: str, processed: Path | str, out_dir: Path | str,
-                  checkpoint_dir: Path | str, live_dir: Path | str) -> dict[str, Any] | None:
-    """Fit teacher `name` on the split (validation selects the epoch) and save it to `out_dir`."""
+                  checkpoint_dir: Path | str, live_dir: Path | str,
+                  item_text: Path | str = "data/item_text") -> dict[str, Any] | None:
+    """Fit teacher `name` on the split (validation selects the epoch) and save it to `out_dir`;
+    `item_text` holds the embed_items outputs (item vectors the fusion family reads)."""
     cfg, processed = teacher_params(params, name), Path(processed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    data = TeacherData.load(processed)
+    data = TeacherData.load(processed, item_text)
     teacher = teacher_class(cfg.family).create(cfg, data)
     run_id = fingerprint(cfg, sha256_file(processed / "sequences.parquet"))
     state = teacher.fit(data, Path(checkpoint_dir), Path(live_dir), run_id)

@@ -1,6 +1,6 @@
 """One-pass prefix scoring: every target of a window from a single causal forward pass.
 
-BIGRec generates a title per example (tens of decoder passes each, ALGORITHMS.md 1.9.3). Here a
+BIGRec generates a title per example (tens of decoder passes each, docs/methods.md §3.2). Here a
 user's items are laid out once as `head + piece(t_s) + ... + piece(t_e)` (`bigrec.PromptPieces`);
 under causal attention the state at the end of piece j is exactly the last state of the prompt
 whose history stops at item j. So one pass scores every target of the window. A target's context

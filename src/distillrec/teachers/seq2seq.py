@@ -1,4 +1,4 @@
-"""POD-style T5 teacher (ALGORITHMS.md section 2): ids as words, whole-word embedding, prompt distillation.
+"""POD-style T5 teacher (docs/methods.md §3.1): ids as words, whole-word embedding, prompt distillation.
 
 Differences from POD, on purpose: pad labels are masked out of the loss (2.9 item 2); top-K comes
 from beam search constrained to the catalogue (2.9 item 4; see `trie`); the epoch is selected on

@@ -5,7 +5,7 @@ the adaptor being UniSRec's mixture of parametric-whitening experts (`MoEAdaptor
 SASRec reads history vectors from that table and scores every item with it (logits = states @ table^T,
 item 0 never scored), trained by the students' trainer: CE over the full catalogue, validation-NDCG
 selection, checkpoints. Nothing is learned per item id, so an item never seen in training is ranked
-from its text alone. Such items are left out of the training softmax (`TextSASRec.unseen`): as
+from its text alone. Such items are left out of the training softmax (`TableSASRec.unseen`): as
 constant negatives that are never a target they would be pushed below every trained item (on
 ml-100k, held-out items then ranked at the median 1084 of 1572, worse than chance).
 
@@ -38,12 +38,11 @@ from transformers import AutoModel, AutoTokenizer
 
 from distillrec.errors import DataError
 from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TextTeacherParams
-from distillrec.students.sasrec import SASRec
 from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
                                       read_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
-from distillrec.teachers.idmodel import export_student, train_params
+from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, weights_key
 from distillrec.train.loop import FitState
 from distillrec.train.objectives import Batch, Objective, cross_entropy
@@ -51,37 +50,6 @@ from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 ENCODER = "items.text.encoder."   # state-dict prefix of the encoder: saved as backbone/adapter, not in extras
-
-
-class MoEAdaptor(nn.Module):
-    """UniSRec's adaptor: `experts` whitening maps (x - b_k) W_k, mixed by a softmax gate over x.
-
-    Text vectors share a large common component (what makes any two titles alike); the learned
-    offsets b_k remove it, and the gate lets different kinds of text use different maps, so the
-    item table is not one linear image of the text space (with a frozen MiniLM on ml-100k one linear
-    map learned much slower and stopped lower, and Linear + LayerNorm hardly learned: BENCHMARKS.md).
-    W ~ N(0, 0.02) and the gate 0 (experts start equally weighted) as UniSRec; the offsets start at
-    the catalogue's mean text vector (`center`), not at 0: the vectors of a weakly trained encoder
-    are nearly parallel (cosine ~0.97 for a random BERT), and learning that mean from 0 takes epochs.
-    """
-
-    def __init__(self, d_text: int, hidden: int, experts: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.offsets = nn.Parameter(torch.zeros(experts, d_text))
-        self.maps = nn.Parameter(torch.randn(experts, d_text, hidden) * 0.02)
-        self.gate = nn.Parameter(torch.zeros(d_text, experts))
-
-    @torch.no_grad()
-    def center(self, vectors: torch.Tensor) -> None:
-        self.offsets.copy_(vectors.mean(0).expand_as(self.offsets))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, d_text] -> [N, hidden]; (x - b_k) W_k is computed as x W_k - b_k W_k, never [N, K, d_text]."""
-        experts, d_text, hidden = self.maps.shape
-        mapped = self.dropout(x) @ self.maps.transpose(0, 1).reshape(d_text, experts * hidden)
-        mapped = mapped.view(len(x), experts, hidden) - torch.einsum("kd,kdh->kh", self.offsets, self.maps)
-        return (torch.softmax(x @ self.gate, dim=-1).unsqueeze(-1) * mapped).sum(1)
 
 
 class TextItems(nn.Module):
@@ -127,32 +95,10 @@ class TextItems(nn.Module):
         return self.table()[history]
 
 
-class TextSASRec(SASRec):
-    """The students' SASRec with `TextItems` in place of its id embedding, for input and scoring alike.
-
-    `unseen` [N + 1] bool marks items that no training sequence holds: in training mode they are
-    not scored (like padding); in eval mode every item is.
-    """
-
-    def __init__(self, params: StudentParams, items: TextItems):
-        super().__init__(items.text.tokens.n_items, params)
-        self.items = items
-        self.unseen: torch.Tensor | None = None
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.items.table()
-
-    def score(self, states: torch.Tensor) -> torch.Tensor:
-        logits = super().score(states)
-        if self.training and self.unseen is not None:
-            logits = logits.masked_fill(self.unseen, torch.finfo(logits.dtype).min)
-        return logits
-
-
 def with_text_rows(objective: Objective) -> Objective:
     """`objective` on a step table in which the batch's items were re-encoded with gradient."""
 
-    def run(model: TextSASRec, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def run(model: TableSASRec, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         items = torch.cat([batch.inputs.flatten(), batch.targets.flatten()]).unique()
         with model.items.step(items[items > 0], batch.generator):
             return objective(model, batch)
@@ -163,7 +109,7 @@ def with_text_rows(objective: Objective) -> Objective:
 class TextTrainer(Trainer):
     """The students' trainer; the encoder may have its own lr; every epoch starts from a fresh cache."""
 
-    def __init__(self, model: TextSASRec, *args: Any, encoder_lr: float | None = None, **kwargs: Any):
+    def __init__(self, model: TableSASRec, *args: Any, encoder_lr: float | None = None, **kwargs: Any):
         super().__init__(model, *args, **kwargs)
         if encoder_lr is not None:
             encoder = {id(p) for p in model.items.text.parameters()}
@@ -185,7 +131,7 @@ def sasrec_params(text: TextTeacherParams) -> StudentParams:
 class TextTeacher(Teacher):
     family = "text"
 
-    def __init__(self, cfg: TeacherParams, model: TextSASRec, tokenizer: Any, item_map: pl.DataFrame):
+    def __init__(self, cfg: TeacherParams, model: TableSASRec, tokenizer: Any, item_map: pl.DataFrame):
         super().__init__(cfg, device_of(cfg))
         self.module, self.tokenizer, self.item_map = model.to(self.device), tokenizer, item_map
 
@@ -195,7 +141,8 @@ class TextTeacher(Teacher):
         tokens = ItemTokens.build(tokenizer, item_texts(item_map, t.fields), t.max_text_tokens)
         text = TextEncoder(encoder, tokens, t.encode_batch_size, encoder.config.hidden_size)
         adaptor = MoEAdaptor(text.dim, t.hidden, t.adaptor_experts, t.adaptor_dropout)
-        return cls(cfg, TextSASRec(sasrec_params(t), TextItems(text, adaptor, t.grad_items)), tokenizer, item_map)
+        items = TextItems(text, adaptor, t.grad_items)
+        return cls(cfg, TableSASRec(sasrec_params(t), tokens.n_items, items), tokenizer, item_map)
 
     @classmethod
     def create(cls, cfg: TeacherParams, data: TeacherData) -> TextTeacher:
@@ -215,11 +162,7 @@ class TextTeacher(Teacher):
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
         text = self.cfg.text
-        unseen = data.split.training_counts() == 0
-        unseen[0] = False   # padding is masked by `score` anyway
-        self.module.unseen = torch.as_tensor(unseen, device=self.device)
-        if unseen.any():
-            log.info("%d items occur in no training sequence: left out of the training softmax", unseen.sum())
+        self.module.leave_out_unseen(data)
         trainer = TextTrainer(self.module, data.split, sasrec_params(text), train_params(self.cfg, text.window_stride),
                               with_text_rows(cross_entropy), checkpoint_dir, live_dir, run_id, self.cfg.train.seed,
                               encoder_lr=text.encoder_lr)

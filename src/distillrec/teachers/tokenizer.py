@@ -1,7 +1,7 @@
 """A word-level tokenizer built from the dataset's own text, for teachers built from a config.
 
 Digits are split one by one, so an id word like `item_345` becomes `item`, `_`, `3`, `4`, `5`:
-ids share sub-words as in POD (ALGORITHMS.md 2.2) and the vocabulary stays small. The vocabulary
+ids share sub-words as in POD (docs/methods.md §3.1) and the vocabulary stays small. The vocabulary
 is counted here rather than by the `tokenizers` trainer, whose tie-breaking follows hash-map order
 and so differs between processes: special tokens, every character (alone and as a `##`
 continuation), then whole words by frequency, ties alphabetical. Unknown words fall back to

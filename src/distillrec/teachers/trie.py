@@ -1,6 +1,6 @@
 """Beam search constrained to the catalogue by a prefix trie over tokenised id words.
 
-POD decodes freely and maps unparsable outputs to random items (ALGORITHMS.md 2.9 item 4); here
+POD decodes freely and maps unparsable outputs to random items (docs/methods.md §3.1); here
 every hypothesis follows the trie, so each finished one is an existing item and none repeats.
 """
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from distillrec.data.splitdata import SplitData
-from distillrec.students.base import Student
+from distillrec.students.base import Student, trim_padding
 from distillrec.train.metrics import target_ranks
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # left-padded histories [B, L] → scores [B, N+1]
@@ -26,7 +26,7 @@ def rank_split(scorer: Scorer, data: SplitData, split: str, max_length: int, bat
     ranks = []
     for start in range(0, len(users), batch_size):
         u, p = users[start:start + batch_size], positions[start:start + batch_size]
-        history = torch.as_tensor(data.histories(u, p, max_length), device=device)
+        history, = trim_padding(torch.as_tensor(data.histories(u, p, max_length), device=device))
         scores = scorer(history).float()
         exclude = None
         if exclude_history:

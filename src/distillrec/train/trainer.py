@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from distillrec.data.splitdata import SplitData
 from distillrec.params import StudentParams, TrainParams
-from distillrec.students.base import Student
+from distillrec.students.base import Student, trim_padding
 from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator, resolve_device
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.objectives import Batch, Objective
@@ -50,9 +50,10 @@ class Trainer:
             column = torch.arange(targets.shape[1])
             if model.causal:  # targets already supervised by a later window
                 targets = targets.masked_fill(column < self.first[idx, None], 0)
-            offset = column - targets.shape[1]
+            positions = self.ends[idx, None] + (column - targets.shape[1])
+            inputs, targets, positions = trim_padding(inputs, targets, torch.where(targets > 0, positions, 0))
             batch = Batch(inputs.to(self.device), targets.to(self.device), self.users[idx].to(self.device),
-                          (self.ends[idx, None] + offset).to(self.device), generator)
+                          positions.to(self.device), generator)
             loss, logs = self.objective(model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
