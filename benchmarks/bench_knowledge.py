@@ -5,7 +5,8 @@ student matrix almost twice as fast. This driver writes the params file (relativ
 against the repository root) into a work folder laid out like the repository, then runs
 `stages/*.py` there in the DAG's order: ingest, split, embed_items@*, train_teacher@* and
 export_teacher@* (one process per teacher), the baseline and every distilled student per seed, and
-evaluate. The numbers are therefore exactly what `cp <params file> params.yaml && dvc repro` gives.
+evaluate. The numbers are therefore exactly what the DAG gives with the same params:
+`python benchmarks/bench_knowledge.py <params file> --params-out params.yaml && dvc repro`.
 A step whose output already exists is skipped (delete the work folder, or the output, to redo it).
 The wall time of every step goes to `<work>/steps.jsonl`; the table is `<work>/metrics/report.md`.
 
@@ -90,7 +91,9 @@ def parallel(jobs: int, calls: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("params", type=Path, help="a params.yaml for the whole pipeline")
-    parser.add_argument("--work", type=Path, required=True, help="work folder (the repository layout)")
+    parser.add_argument("--work", type=Path, help="work folder (the repository layout)")
+    parser.add_argument("--params-out", type=Path, help="only write the complete params (every key, as the DAG "
+                                                        "needs) to this file, e.g. params.yaml, and stop")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="key=value override, as dvc exp run -S")
     parser.add_argument("--tag", default="", help="put students and metrics under <work>/runs/<tag>/ "
@@ -99,6 +102,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     raw = apply_sets(resolve_paths(yaml.safe_load(args.params.read_text())), args.set)
+    # every key spelled out: dvc.yaml declares params key by key, and DVC refuses absent ones
+    raw = parse_params(raw).model_dump(mode="json")
+    if args.params_out:
+        args.params_out.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return
+    if args.work is None:
+        parser.error("--work is required unless --params-out is given")
     work = args.work.resolve()
     run = work / "runs" / args.tag if args.tag else work
     for folder in (work, run):

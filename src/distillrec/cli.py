@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from distillrec.errors import DistillrecError
+from distillrec.errors import DataError, DistillrecError
 from distillrec.io import setup_logging
 from distillrec.students.saved import load_student
 
@@ -30,19 +30,43 @@ def _history(text: str, item_map: pl.DataFrame) -> list[int]:
     return [index[i] for i in ids]
 
 
+def _item_map(model_dir: Path, n_items: int) -> pl.DataFrame:
+    path = model_dir / "item_map.parquet"
+    try:
+        item_map = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"{path}: cannot be read, the file is truncated or corrupt ({exc})") from None
+    if not {"item_idx", "item_id", "title"} <= set(item_map.columns):
+        raise DataError(f"{path}: expected columns item_idx, item_id, title; found {item_map.columns}")
+    return item_map.filter(pl.col("item_idx").is_between(1, n_items))
+
+
 def recommend(model_dir: Path, history_text: str, k: int, keep_seen: bool) -> pl.DataFrame:
+    """The top `k` items after the history, best first: never padding, never a history item unless
+    `keep_seen`. When fewer than `k` items can be recommended, all of them are, with a warning."""
     model, meta = load_student(model_dir)
-    item_map = pl.read_parquet(model_dir / "item_map.parquet")
+    item_map = _item_map(model_dir, meta["n_items"])
     history = _history(history_text, item_map)
     max_length = int(meta["student"]["max_length"])
     padded = ([0] * max_length + history)[-max_length:]
     with torch.no_grad():
         scores = model.score(model.user_states(torch.tensor([padded])))[0]
+    allowed = torch.zeros(len(scores), dtype=torch.bool)
+    allowed[torch.tensor(item_map["item_idx"].to_list(), dtype=torch.long)] = True  # never padding (0)
     if not keep_seen:
-        scores[torch.tensor(history)] = torch.finfo(scores.dtype).min
-    top = scores.topk(min(k, meta["n_items"]))
-    ranked = pl.DataFrame({"rank": range(1, len(top.indices) + 1), "item_idx": top.indices.tolist(),
-                           "score": top.values.tolist()})
+        allowed[torch.tensor(history)] = False
+    candidates = allowed.nonzero().squeeze(1)
+    if len(candidates) == 0:
+        raise DistillrecError(f"nothing to recommend: the history holds all {len(item_map)} items of the "
+                              "catalogue (pass --keep-seen to rank them anyway)")
+    if k > len(candidates):
+        log.warning("--k %d is more than the %d items that can be recommended (%d in the catalogue%s); "
+                    "listing all %d", k, len(candidates), len(item_map),
+                    "" if keep_seen else f", {len(set(history))} already in the history", len(candidates))
+    top = scores[candidates].topk(min(k, len(candidates)))
+    ranked = pl.DataFrame({"rank": range(1, len(top.indices) + 1),
+                           "item_idx": candidates[top.indices].tolist(), "score": top.values.tolist()},
+                          schema_overrides={"item_idx": item_map["item_idx"].dtype})
     return ranked.join(item_map.select("item_idx", "item_id", "title"), on="item_idx").sort("rank")
 
 

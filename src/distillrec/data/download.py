@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import shutil
+import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -55,27 +55,46 @@ def fetch(url: str, dest: Path, sha256: str | None = None, size: int | None = No
     return dest
 
 
-def unpack(archive: Path, into: Path) -> None:
-    """Extract a .zip into `into`; entries appear only after the whole archive extracted cleanly."""
+def unpack(archive: Path, into: Path) -> list[Path]:
+    """Extract a .zip into `into` without deleting or overwriting anything that is already there.
+
+    The archive is extracted into a fresh hidden folder inside `into` first, so entries appear only
+    after the whole archive extracted cleanly; then each file is moved in only where no file or
+    folder of that name exists (folders are merged). A user's files are never replaced: those the
+    archive also holds are kept as they are, listed in a warning, and returned.
+    """
     into.mkdir(parents=True, exist_ok=True)
-    staging = into / f".unpack-{archive.name}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".unpack-{archive.name}-", dir=into))  # ours alone
+    kept: list[Path] = []
     try:
         with zipfile.ZipFile(archive) as bundle:
             broken = bundle.testzip()
             if broken is not None:
                 raise DataError(f"{archive}: member {broken} fails its CRC check")
             bundle.extractall(staging)  # zipfile strips absolute paths and '..' components
-        for entry in staging.iterdir():
-            target = into / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        _merge(staging, into, kept)
     except zipfile.BadZipFile as exc:
         raise DataError(f"{archive} is not a valid zip archive: {exc}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # what is left in it was extracted by us
+    if kept:
+        shown = ", ".join(str(path) for path in kept[:5]) + (", ..." if len(kept) > 5 else "")
+        log.warning("unpacking %s: kept %d existing file(s) that the archive also holds, not "
+                    "overwritten: %s (remove them to take the archive's version)", archive, len(kept), shown)
     log.info("unpacked %s into %s", archive, into)
+    return kept
+
+
+def _merge(source: Path, target: Path, kept: list[Path]) -> None:
+    """Move the entries of `source` into `target` where nothing of that name exists; merge folders."""
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir() and not destination.is_symlink():
+            _merge(entry, destination, kept)
+        elif destination.exists() or destination.is_symlink():
+            kept.append(destination)
+        else:
+            entry.rename(destination)
 
 
 def ensure_raw_files(

@@ -2,6 +2,10 @@
 
 Interactions are streamed (`sink_parquet`) so a category of ~10M reviews stays in bounded memory;
 items are restricted to those that occur in interactions, sorted by id for stable bytes.
+
+Exact duplicate rows (every column equal to an earlier row's) are kept, since no param asks to drop
+them, but counted in the manifest (`duplicates`) and warned about: they usually mean a file was
+concatenated twice or a crawl repeated itself.
 """
 
 from __future__ import annotations
@@ -31,6 +35,20 @@ def _write_interactions(raw: RawData, out: Path) -> int:
     n_incomplete = frame.filter(incomplete).select(pl.len()).collect().item()
     frame.filter(~incomplete).sink_parquet(out)
     return n_incomplete
+
+
+def _count_duplicates(interactions: Path) -> int:
+    """Rows equal in every column to an earlier row, exactly: hashes find candidates in bounded
+    memory, and only rows whose hash repeats are compared in full."""
+    frame = pl.scan_parquet(interactions)
+    row_hash = pl.struct(pl.all()).hash().alias("_hash")
+    repeated = (frame.select(row_hash).group_by("_hash").len().filter(pl.col("len") > 1)
+                .select("_hash").collect(engine="streaming"))
+    if repeated.height == 0:
+        return 0
+    candidates = frame.with_columns(row_hash).join(repeated.lazy(), on="_hash", how="semi").drop("_hash")
+    rows = candidates.select(pl.len()).collect().item()
+    return rows - candidates.unique().select(pl.len()).collect().item()
 
 
 def _write_items(raw: RawData, interactions: Path, out: Path) -> dict[str, int]:
@@ -64,9 +82,14 @@ def run_ingest(params: Params, out_dir: Path | str) -> dict[str, Any]:
             interactions=pl.len(), users=pl.col("user_id").n_unique()
         ).collect().row(0, named=True)
         if stats["interactions"] == 0:
+            read = ", ".join(str(path) for path in raw.files) or str(params.dataset.raw_dir)
             raise DataError(f"dataset '{params.dataset.name}' ({params.dataset.source}) yielded no "
-                            f"interactions from {params.dataset.raw_dir}")
+                            f"interactions from {read}")
         counts = _write_items(raw, tmp / "interactions.parquet", tmp / "items.parquet")
+        duplicates = _count_duplicates(tmp / "interactions.parquet")
+        if duplicates:
+            log.warning("%d interaction rows repeat an earlier row exactly (same user, item, timestamp, rating "
+                        "and review); they are kept and counted as `duplicates` in the manifest", duplicates)
         dropped = dict(raw.dropped)
         if n_incomplete:
             dropped["missing_user_item_or_timestamp"] = n_incomplete
@@ -75,6 +98,7 @@ def run_ingest(params: Params, out_dir: Path | str) -> dict[str, Any]:
             "files": _file_entries(raw),
             "rows_read": raw.file_rows,
             "dropped": dropped,
+            "duplicates": duplicates,
             **stats,
             **counts,
         }

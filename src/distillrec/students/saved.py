@@ -12,6 +12,7 @@ student computes exactly what the trained one did without the teacher's item tab
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,47 @@ def save_student(folder: Path | str, model: Student, meta: dict[str, Any], item_
 
 
 def load_student(folder: Path | str, device: torch.device | str = "cpu") -> tuple[Student, dict[str, Any]]:
-    """Rebuild a saved student in eval mode."""
+    """Rebuild a saved student in eval mode; a missing, truncated or foreign file is a DataError naming it.
+
+    `model.pt` is read with `weights_only=True`: a pickle that would run code is refused, never executed.
+    """
     folder = Path(folder)
     for name in FILES:
         if not (folder / name).is_file():
-            raise DataError(f"{folder} is not a saved student: {name} is missing "
-                            "(train one with `dvc repro` first)")
-    meta = json.loads((folder / "student.json").read_text())
-    model = build_student(StudentParams.model_validate(meta["student"]), meta["n_items"])
-    if meta.get("item_adapter"):
-        model.item_adapter = ItemOffsets(torch.zeros(meta["item_adapter"]))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+            raise DataError(f"{folder} is not a saved student: {name} is missing (no file {folder / name}; "
+                            "train one with `dvc repro` first)")
+    meta_path, weights_path = folder / "student.json", folder / "model.pt"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise TypeError(f"expected a JSON object, found {type(meta).__name__}")
+        n_items = meta["n_items"]
+        if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+            raise ValueError(f"n_items must be a positive integer, found {n_items!r}")
+        model = build_student(StudentParams.model_validate(meta["student"]), n_items)
+        if meta.get("item_adapter"):
+            model.item_adapter = ItemOffsets(torch.zeros(meta["item_adapter"]))
+    except KeyError as exc:
+        raise DataError(f"{meta_path}: not a saved student's metadata: the key {exc} is missing") from None
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:  # JSON, pydantic, bad sizes
+        raise DataError(f"{meta_path}: not a saved student's metadata ({_brief(exc)})") from None
+    try:
+        state = torch.load(weights_path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses any pickle that is not plain tensors
+        raise DataError(f"{weights_path}: refused: not plain saved weights, and a pickle is never executed "
+                        f"({_brief(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch's zip reader on a truncated file
+        raise DataError(f"{weights_path}: cannot be read, the file is truncated or corrupt ({_brief(exc)})") from None
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a dict of tensors, found {type(state).__name__}")
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # missing keys, wrong shapes
+        raise DataError(f"{weights_path}: does not match {meta_path} ({_brief(exc)})") from None
     return model.to(device).eval(), meta
+
+
+def _brief(exc: BaseException) -> str:
+    """The exception's message on one line, cut to 300 characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -8,7 +8,7 @@ DLLM2Rec format (`imported.format: dllm2rec`), all in `imported.path`:
 - `myrank_train.txt`: one row per training example, the teacher's top-n item ids (0-based), best first;
 - `confidence_train.txt`: the same shape, the L2 distance of each listed item (smaller = better);
 - `all_embeddings.pt` (optional): [N, D] item embeddings, row = their item id (`torch.load`,
-  weights only).
+  weights only: a pickle that would run code is refused, never executed).
 The export score is -distance: softmax(score / tau) is then the softmax(-d / tau) that docs/methods.md §3.2
 calls for, with tau (`distill.dllm2rec.confidence_temperature`) chosen from the distance quantiles
 recorded in teacher.json.
@@ -17,6 +17,7 @@ recorded in teacher.json.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +39,69 @@ SCORE = "-(L2 distance) from confidence_train.txt: higher = better"
 def _table(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+    try:
+        table = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:  # NoDataError for an empty file
+        raise DataError(f"{path}: cannot be read as a table ({_brief(exc)})") from None
+    if table.height == 0:
+        raise DataError(f"{path}: has no rows")
+    return table
+
+
+def _brief(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _line(path: Path, row: int) -> str:
+    """'line N' of a 0-based table row (a CSV's header is line 1), or 'row N' in a Parquet file."""
+    return f"row {row + 1}" if path.suffix == ".parquet" else f"line {row + 2}"
+
+
+def _where(path: Path, row: int) -> str:
+    """`file:line` of a 0-based table row (`file: row N` for Parquet)."""
+    return f"{path}: row {row + 1}" if path.suffix == ".parquet" else f"{path}:{row + 2}"
+
+
+def _embeddings(path: Path) -> np.ndarray:
+    """[N, D] finite float item embeddings from a `torch.save`d tensor, or a DataError naming the file."""
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused: not a plain saved tensor, and a pickle is never executed "
+                        f"({_brief(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read, the file is truncated or corrupt ({_brief(exc)})") from None
+    if not isinstance(tensor, torch.Tensor):
+        raise DataError(f"{path}: expected one [items, dim] tensor, found {type(tensor).__name__}")
+    if tensor.ndim != 2 or 0 in tensor.shape:
+        raise DataError(f"{path}: expected a 2-D [items, dim] tensor, found shape {tuple(tensor.shape)}")
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise DataError(f"{path}: expected real numbers, found dtype {tensor.dtype}")
+    embeddings = tensor.float().numpy()
+    bad = ~np.isfinite(embeddings)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: the row of their item id {row} (row {row + 1} of {len(embeddings)}) has value "
+                        f"{col + 1} = {embeddings[row, col]} (must be finite); {int(bad.any(axis=1).sum())} rows "
+                        "have non-finite values")
+    return embeddings
 
 
 def _matrix(path: Path, dtype: type) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: no such file (a DLLM2Rec teacher folder holds {RANKS} and {CONFIDENCE})")
-    rows = path.read_text().splitlines()
+    data = path.read_bytes()
+    try:
+        rows = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 text") from None
+    if not rows:
+        raise DataError(f"{path}: the file is empty")
     try:
         matrix = [np.array(line.split(), dtype=dtype) for line in rows]
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         line = next(i for i, text in enumerate(rows, 1) if not _parses(text, dtype))
         raise DataError(f"{path}:{line}: expected {dtype.__name__} values separated by spaces ({exc})") from None
     widths = {len(row) for row in matrix}
@@ -60,22 +114,47 @@ def _matrix(path: Path, dtype: type) -> np.ndarray:
 def _parses(text: str, dtype: type) -> bool:
     try:
         np.array(text.split(), dtype=dtype)
-    except ValueError:
+    except (ValueError, OverflowError):
         return False
     return True
 
 
 def _keys(rows: pl.DataFrame, data: TeacherData, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(user_idx, position) of each row; raw `user_id`s are mapped through the split's user map."""
+    """(user_idx, position) of each row; raw `user_id`s are mapped through the split's user map.
+
+    Every key must be an integer pair that is an example of the split, once: a problem names the
+    file and line of the first offending row."""
     if "position" not in rows.columns or not {"user_id", "user_idx"} & set(rows.columns):
         raise DataError(f"{path}: expected columns user_id (or user_idx) and position, got {rows.columns}")
+    rows = rows.with_row_index("_row")
     if "user_idx" not in rows.columns:
         rows = rows.with_columns(pl.col("user_id").cast(pl.String)).join(
             data.split.user_map, on="user_id", how="left", maintain_order="left")
         unknown = rows.filter(pl.col("user_idx").is_null())
         if unknown.height:
-            raise DataError(f"{path}: {unknown.height} user ids are not in the split, e.g. {unknown['user_id'][0]!r}")
-    return rows["user_idx"].to_numpy().astype(np.int64), rows["position"].to_numpy().astype(np.int64)
+            raise DataError(f"{_where(path, unknown['_row'][0])}: user id {unknown['user_id'][0]!r} is not in the "
+                            f"split ({unknown.height} rows have unknown user ids)")
+    for column in ("user_idx", "position"):
+        typed = rows[column].cast(pl.Int64, strict=False)
+        wrong = rows.filter(typed.is_null() | (typed.cast(pl.Float64) != rows[column].cast(pl.Float64, strict=False)))
+        if wrong.height:
+            raise DataError(f"{_where(path, wrong['_row'][0])}: {column} must be an integer, found "
+                            f"{wrong[column][0]!r}")
+    keys = rows.select("_row", pl.col("user_idx", "position").cast(pl.Int64))
+    duplicated = keys.filter(pl.struct("user_idx", "position").is_duplicated())
+    if duplicated.height:
+        user, position = duplicated["user_idx"][0], duplicated["position"][0]
+        same = duplicated.filter((pl.col("user_idx") == user) & (pl.col("position") == position))["_row"]
+        raise DataError(f"{_where(path, same[1])}: duplicate key (user_idx, position) = ({user}, {position}), "
+                        f"first given on {_line(path, same[0])}")
+    examples = data.split.examples.select(pl.col("user_idx", "position").cast(pl.Int64), pl.lit(True).alias("_known"))
+    foreign = keys.join(examples, on=["user_idx", "position"], how="left").filter(pl.col("_known").is_null()).sort("_row")
+    if foreign.height:
+        row, user, position = foreign.row(0)[:3]
+        raise DataError(f"{_where(path, row)}: (user_idx, position) = ({user}, {position}) is not an example of "
+                        f"the split ({foreign.height} rows are not); positions are 0-based indices into the "
+                        "user's sequence")
+    return keys["user_idx"].to_numpy(), keys["position"].to_numpy()
 
 
 def _item_index(cfg_item_ids: str | None, data: TeacherData, n_theirs: int) -> np.ndarray:
@@ -108,9 +187,7 @@ def read_dllm2rec(folder: Path, rows_file: Path, item_ids: str | None, data: Tea
     if bad.any():
         line, col = (int(i) for i in np.argwhere(bad)[0])
         raise DataError(f"{folder / CONFIDENCE}:{line + 1}: value {col + 1} is {distances[line, col]} (must be finite)")
-    embeddings = None
-    if (folder / EMBEDDINGS).is_file():
-        embeddings = torch.load(folder / EMBEDDINGS, map_location="cpu", weights_only=True).float().numpy()
+    embeddings = _embeddings(folder / EMBEDDINGS) if (folder / EMBEDDINGS).is_file() else None
     n_theirs = len(embeddings) if embeddings is not None else int(ranks.max()) + 1
     index = _item_index(item_ids, data, n_theirs)
     if ranks.min() < 0 or ranks.max() >= len(index) or (index[ranks] == 0).any():

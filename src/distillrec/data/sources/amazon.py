@@ -4,13 +4,16 @@ A category can hold ~10M reviews, so files are streamed batch by batch into Parq
 workdir with pyarrow's JSON reader (explicit schema, unknown fields ignored) and never held as
 Python objects. That reader is strict and reports no line numbers, so when it rejects a file a
 line-by-line scan redoes the file: it names the first bad line (file:line:text) or, with
-`on_bad_line: skip`, skips and counts bad lines while keeping every good one.
+`on_bad_line: skip`, skips and counts bad lines while keeping every good one. Both paths refuse the
+same records: a missing key field, invalid UTF-8, a non-finite rating or a negative timestamp.
+
+The metadata file is optional: without it every item has no text (warned about, and counted as
+`items_without_title` in the manifest); teachers that need titles then refuse with a clear message.
 """
 
 from __future__ import annotations
 
 import ast
-import gzip
 import http.client
 import json
 import logging
@@ -28,7 +31,8 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from distillrec.data.download import fetch
-from distillrec.data.sources.base import LinePolicy, RawData, find_file
+from distillrec.data.sources._tables import TIMESTAMP_RANGE
+from distillrec.data.sources.base import LinePolicy, RawData, find_file, open_bytes, reading, unreadable
 from distillrec.errors import MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
 
@@ -109,16 +113,22 @@ def _expected(dataset: DatasetParams, release: Release) -> tuple[tuple[str, str]
 
 
 def _locate(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path,
-            release: Release) -> tuple[Path, Path]:
-    """Find both files (plain or .gz); download what is missing only if `ingest.download`."""
+            release: Release) -> tuple[Path, Path | None]:
+    """Find both files (plain or .gz); download what is missing only if `ingest.download`.
+
+    The reviews file is required. The metadata file is fetched when downloads are on; with
+    `ingest.download: false` its absence means items without text (None).
+    """
     wanted = _expected(dataset, release)
     found = [find_file(raw_dir, [name]) for name, _ in wanted]
     missing = [(name, url) for (name, url), path in zip(wanted, found) if path is None]
     if not missing:
         return found[0], found[1]
-    names = [name for name, _ in missing]
+    names = [f"{name} (optional: item text)" if name == wanted[1][0] else name for name, _ in missing]
     urls = "".join(f"\n  public source: {url}" for _, url in missing)
     if not ingest.download:
+        if found[0] is not None:
+            return found[0], None
         raise MissingFilesError(raw_dir, names, "plain or .gz files are both accepted; "
                                 f"ingest.download is false: fetch them yourself or set it to true.{urls}")
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +136,10 @@ def _locate(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path,
         try:
             fetch(url, raw_dir / name)
         except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+            alone = (" To ingest the reviews without item text, set ingest.download: false."
+                     if found[0] is not None else "")
             raise MissingFilesError(raw_dir, names, f"downloading {url} failed ({exc}); fetch it "
-                                    f"on a connected machine into {raw_dir}.") from exc
+                                    f"on a connected machine into {raw_dir}.{alone}") from exc
     return find_file(raw_dir, [wanted[0][0]]), find_file(raw_dir, [wanted[1][0]])
 
 
@@ -135,7 +147,7 @@ def _locate(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path,
 
 def _iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, bytes) split on b"\\n" only, as pyarrow does; blank lines skipped."""
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+    with open_bytes(path) as handle:
         for lineno, line in enumerate(handle, start=1):
             if line.strip():
                 yield lineno, line
@@ -152,12 +164,20 @@ def _fast(path: Path, out: Path, fields: dict[str, str], schema: pa.Schema,
     rows = 0
     with pq.ParquetWriter(out, schema) as writer:
         for batch in reader:
+            batch.validate(full=True)  # pyarrow's JSON reader passes invalid UTF-8 through
             columns = {col: batch.column(raw) for col, raw in fields.items()}
             for col in required:
                 values = columns[col]
                 if values.null_count or (pa.types.is_string(values.type)
                                          and pc.any(pc.equal(values, "")).as_py()):
                     raise _Bad(f"missing `{fields[col]}` in some record")
+            if "timestamp" in columns:
+                low, high = TIMESTAMP_RANGE
+                stamps = columns["timestamp"]
+                if pc.any(pc.or_(pc.less(stamps, low), pc.greater(stamps, int(high)))).as_py():
+                    raise _Bad("a negative or out-of-range timestamp in some record")
+            if "rating" in columns and not pc.all(pc.is_finite(columns["rating"])).as_py():
+                raise _Bad("a non-finite rating in some record")
             arrays = [columns.get(f.name, pa.nulls(batch.num_rows, f.type)) for f in schema]
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
             rows += batch.num_rows
@@ -182,7 +202,10 @@ def _scan(path: Path, out: Path, schema: pa.Schema, parse: Callable[[bytes], Any
                 record = parse(line)
                 if not isinstance(record, dict):
                     raise _Bad(f"expected an object, got {type(record).__name__}")
-                buffer.append(convert(record))
+                try:
+                    buffer.append(convert(record))
+                except RecursionError:
+                    raise _Bad("a field is nested too deeply") from None
             except _Bad as exc:
                 policy.bad(path, lineno, _show(line), str(exc))
                 continue
@@ -197,29 +220,52 @@ def _show(line: bytes) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-def _parse_json(line: bytes) -> Any:
+def _decode(line: bytes) -> str:
     try:
-        return json.loads(line)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Bad(f"not valid UTF-8 (byte {exc.start})") from None
+
+
+def _parse_json(line: bytes) -> Any:
+    text = _decode(line)  # json.loads(bytes) would guess UTF-16/32 from the first bytes
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and ints over 4300 digits
         raise _Bad(f"invalid JSON ({exc})") from None
 
 
 def _parse_python(line: bytes) -> Any:
     """2014 metadata: a Python literal; `ast.literal_eval` evaluates no code."""
+    text = _decode(line)
     try:
-        return ast.literal_eval(line.decode("utf-8").strip())
+        return ast.literal_eval(text.strip())
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         raise _Bad(f"invalid Python literal ({exc})") from None
 
 
 # ---------------------------------------------------------------- record conversion (scan path)
 
+def _utf8(text: str, name: str) -> str:
+    """`text` if it can be written as UTF-8 (a JSON '\\ud800' escape decodes to an unpaired surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Bad(f"field `{name}` holds an unpaired surrogate, which is not text") from None
+    return text
+
+
 def _key(record: dict, name: str) -> str:
     value = record.get(name)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise _Bad(f"missing field `{name}`" if value in (None, "") else
-                   f"field `{name}` is not a string: {value!r}")
-    return str(value)
+        raise _Bad(f"missing field `{name}`" if value is None or value == "" else
+                   f"field `{name}` is not a string: {_brief(value)}")
+    return _utf8(str(value), name)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _number(record: dict, name: str) -> float:
@@ -232,54 +278,75 @@ def _number(record: dict, name: str) -> float:
         number = float(value)
         if not math.isfinite(number):
             raise ValueError
-    except (TypeError, ValueError):
-        raise _Bad(f"non-numeric `{name}`: {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _Bad(f"non-numeric `{name}`: {_brief(value)}") from None
     return number
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _timestamp(record: dict, name: str) -> int:
+    number = _number(record, name)
+    low, high = TIMESTAMP_RANGE
+    if number < low:
+        raise _Bad(f"`{name}` is negative: {_brief(record.get(name))}")
+    if number > high:
+        raise _Bad(f"`{name}` is out of range [{low:g}, {high:g}]: {_brief(record.get(name))}")
+    return int(number)
 
 
-def _strings(value: Any) -> list[str] | None:
+def _text(value: Any, name: str) -> str | None:
+    return None if value is None else _utf8(str(value), name)
+
+
+def _strings(value: Any, name: str) -> list[str] | None:
     """Flatten str / list / list of lists (2014 categories) into a list of strings."""
     if value is None:
         return None
     if not isinstance(value, (list, tuple)):
-        return [str(value)]
-    return [text for part in value for text in (_strings(part) or [])]
+        return [_utf8(str(value), name)]
+    return [text for part in value for text in (_strings(part, name) or [])]
 
 
 def _review_converter(fields: dict[str, str]) -> Callable[[dict], tuple]:
     user, item, time, rating = (fields[c] for c in REQUIRED_REVIEW)
+    title, text = fields["review_title"], fields["review_text"]
 
     def convert(record: dict) -> tuple:
-        return (_key(record, user), _key(record, item), int(_number(record, time)),
-                _number(record, rating), _text(record.get(fields["review_title"])),
-                _text(record.get(fields["review_text"])))
+        return (_key(record, user), _key(record, item), _timestamp(record, time),
+                _number(record, rating), _text(record.get(title), title), _text(record.get(text), text))
     return convert
 
 
 def _meta_converter(fields: dict[str, str]) -> Callable[[dict], tuple]:
+    def text(record: dict, col: str) -> str | None:
+        raw = fields.get(col)
+        return None if raw is None else _text(record.get(raw), raw)
+
+    def strings(record: dict, col: str) -> list[str] | None:
+        raw = fields.get(col)
+        return None if raw is None else _strings(record.get(raw), raw)
+
     def convert(record: dict) -> tuple:
-        get = {col: record.get(raw) for col, raw in fields.items()}
-        return (_key(record, fields["item_id"]), _text(get.get("title")),
-                _strings(get.get("description")), _strings(get.get("features")),
-                _strings(get.get("categories")), _text(get.get("brand")))
+        return (_key(record, fields["item_id"]), text(record, "title"), strings(record, "description"),
+                strings(record, "features"), strings(record, "categories"), text(record, "brand"))
     return convert
 
 
 def _read(path: Path, out: Path, fields: dict[str, str], schema: pa.Schema,
           required: tuple[str, ...], parse: Callable[[bytes], Any] | None,
           convert: Callable[[dict], tuple], policy: LinePolicy) -> int:
-    """Fast pyarrow path for JSON; the line scan for Python literals or when pyarrow refuses."""
-    if parse is None:
-        try:
-            return _fast(path, out, fields, schema, required)
-        except ValueError as exc:  # ArrowInvalid, UnicodeDecodeError and _Bad are ValueErrors
-            log.info("%s: strict reader stopped (%s); rescanning line by line", path, exc)
-        parse = _parse_json
-    return _scan(path, out, schema, parse, convert, policy)
+    """Fast pyarrow path for JSON; the line scan for Python literals or when pyarrow refuses.
+
+    A file that cannot be read to its end (a truncated .gz) is a DataError naming it."""
+    with reading(path):
+        if parse is None:
+            try:
+                return _fast(path, out, fields, schema, required)
+            except OSError as exc:  # pyarrow's "Truncated compressed stream"
+                raise unreadable(path, exc) from None
+            except (ValueError, pa.ArrowException) as exc:  # ArrowInvalid, _Bad are ValueErrors
+                log.info("%s: strict reader stopped (%s); rescanning line by line", path, exc)
+            parse = _parse_json
+        return _scan(path, out, schema, parse, convert, policy)
 
 
 # ---------------------------------------------------------------- the source
@@ -310,18 +377,25 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     reviews_out, meta_out = workdir / "amazon_reviews.parquet", workdir / "amazon_meta.parquet"
     n_reviews = _read(reviews_path, reviews_out, release.review_fields, REVIEW_SCHEMA,
                       REQUIRED_REVIEW, None, _review_converter(release.review_fields), policy)
-    n_meta = _read(meta_path, meta_out, release.meta_fields, META_SCHEMA, ("item_id",),
-                   _parse_python if release.meta_is_python else None,
-                   _meta_converter(release.meta_fields), policy)
-    log.info("amazon %s %d: %d reviews from %s, %d metadata rows from %s", dataset.name,
-             dataset.amazon.version, n_reviews, reviews_path.name, n_meta, meta_path.name)
+    files, file_rows = [reviews_path], {reviews_path.name: n_reviews}
+    if meta_path is None:
+        log.warning("amazon %s %d: no metadata file %s in %s: items will have no title, description, "
+                    "categories or brand (counted as items_without_title in the manifest); the causal "
+                    "teacher, which lists items by title, will refuse this dataset", dataset.name,
+                    dataset.amazon.version, _expected(dataset, release)[1][0], raw_dir)
+        pq.write_table(META_SCHEMA.empty_table(), meta_out)
+    else:
+        n_meta = _read(meta_path, meta_out, release.meta_fields, META_SCHEMA, ("item_id",),
+                       _parse_python if release.meta_is_python else None,
+                       _meta_converter(release.meta_fields), policy)
+        files.append(meta_path)
+        file_rows[meta_path.name] = n_meta
+    log.info("amazon %s %d: %s rows read", dataset.name, dataset.amazon.version, file_rows)
 
     interactions = pl.scan_parquet(reviews_out).with_columns(
         (pl.col("timestamp") // release.units_per_second).cast(pl.Int64),
         pl.col("rating").cast(pl.Float32),
         _blank_to_null("review_title"), _blank_to_null("review_text"),
     )
-    return RawData(interactions=interactions, items=_items(meta_out),
-                   files=[reviews_path, meta_path],
-                   file_rows={reviews_path.name: n_reviews, meta_path.name: n_meta},
-                   dropped=dropped)
+    return RawData(interactions=interactions, items=_items(meta_out), files=files,
+                   file_rows=file_rows, dropped=dropped)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import logging
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
-from distillrec.errors import BadLineError
+from distillrec.errors import BadLineError, DataError
 
 log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark: stripped from the start of every text source
+# what reading a truncated or corrupt file raises: gzip's EOFError/BadGzipFile, zlib.error, polars'
+# and pyarrow's OSError ("unexpected end of file", "Truncated compressed stream")
+READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 @dataclass
@@ -54,3 +64,33 @@ def find_file(directory: Path, names: list[str]) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+def open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes (gunzipped for `.gz`), positioned after a leading UTF-8 BOM if there is one."""
+    handle = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 (returned)
+    try:
+        if handle.read(len(BOM)) != BOM:
+            handle.seek(0)
+    except BaseException:
+        handle.close()
+        raise
+    return handle  # type: ignore[return-value]
+
+
+def unreadable(path: Path, exc: BaseException) -> DataError:
+    """The DataError for a file that cannot be read to its end, naming it and the likely cause."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        return DataError(f"{path}: the gzip file is truncated or corrupt ({exc}); download or compress it again")
+    return DataError(f"{path}: cannot be read, the file may be truncated or corrupt ({exc})")
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn the errors of reading a truncated/corrupt file (no file name, a traceback) into a DataError."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        raise unreadable(path, exc) from None

@@ -11,7 +11,6 @@ the same way on every run.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from distillrec.data.sources.base import LinePolicy, RawData, find_file
+from distillrec.data.sources.base import LinePolicy, RawData, find_file, open_bytes, reading
 from distillrec.errors import DataError, MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
 
@@ -29,17 +28,20 @@ ITEM_FIELDS = ("title", "description", "brand", "categories")
 
 def _read_json(path: Path) -> tuple[dict[str, Any], str]:
     """The file's top-level object and its text, or a DataError naming the line of the problem."""
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig") as handle:
-            text = handle.read()
+        with reading(path), open_bytes(path) as handle:  # a leading BOM is dropped
+            data = handle.read()
+        text = data.decode("utf-8")
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON at column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start}); expected LC-Rec JSON") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot be read ({exc}); is the file truncated?") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); expected LC-Rec JSON") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path}: expected one JSON object keyed by index, found {type(value).__name__}")
     return value, text
@@ -83,6 +85,15 @@ def _entry(key: str, value: Any) -> str:
     return json.dumps({key: value}, ensure_ascii=False)
 
 
+def _is_text(value: str) -> bool:
+    """False for a string with an unpaired surrogate (a JSON '\\ud800' escape), which is not text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -95,6 +106,9 @@ def _interactions(path: Path, policy: LinePolicy) -> tuple[pl.LazyFrame, int]:
     data, text = _read_json(path)
     key_lines = _KeyLines(text)
     for user, history in data.items():
+        if not _is_text(user):
+            policy.bad(path, key_lines[user], ascii(user), "the user key holds an unpaired surrogate, which is not text")
+            continue
         if not isinstance(history, list) or not history or not all(_is_index(i) for i in history):
             bad = history if not isinstance(history, list) else next(
                 (i for i in history if not _is_index(i)), "an empty list")
@@ -116,6 +130,8 @@ def _text(item: str, record: dict, field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"item {item!r}: field {field!r} must be a string, found {type(value).__name__}")
+    if not _is_text(value):
+        raise TypeError(f"item {item!r}: field {field!r} holds an unpaired surrogate, which is not text")
     return value.strip() or None
 
 
@@ -125,6 +141,8 @@ def _items(path: Path, policy: LinePolicy) -> pl.DataFrame:
     key_lines = _KeyLines(text)
     for item, record in data.items():
         try:
+            if not _is_text(item):
+                raise TypeError(f"item key {item!a} holds an unpaired surrogate, which is not text")
             if not isinstance(record, dict):
                 raise TypeError(f"item {item!r}: expected an object of text fields, found {type(record).__name__}")
             fields = {field: _text(item, record, field) for field in ITEM_FIELDS}

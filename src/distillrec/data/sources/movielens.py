@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from distillrec.data.download import ensure_raw_files
-from distillrec.data.sources._tables import first_line, read_delimited, read_text_lines
+from distillrec.data.sources._tables import TIMESTAMP_RANGE, first_line, read_delimited, read_text_lines
 from distillrec.data.sources.base import LinePolicy, RawData, find_file
 from distillrec.errors import DataError
 from distillrec.params import DatasetParams, IngestParams
@@ -43,6 +43,7 @@ RATINGS_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float32(),
     "timestamp": pl.Int64(),
 }
+RANGES = {"timestamp": TIMESTAMP_RANGE}  # a negative timestamp is a bad line
 MOVIES_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
     "title": pl.String(),
@@ -105,9 +106,9 @@ def _read_ratings(path: Path, policy: LinePolicy, workdir: Path) -> tuple[pl.Laz
     name = path.name.removesuffix(".gz")
     if name == "ratings.csv":
         _check_header(path, "userId,movieId,rating,timestamp")
-        return read_delimited(path, ",", RATINGS_SCHEMA, policy, workdir, header=True)
+        return read_delimited(path, ",", RATINGS_SCHEMA, policy, workdir, header=True, ranges=RANGES)
     sep = "\t" if name == "u.data" else "::"
-    return read_delimited(path, sep, RATINGS_SCHEMA, policy, workdir)
+    return read_delimited(path, sep, RATINGS_SCHEMA, policy, workdir, ranges=RANGES)
 
 
 def _check_header(path: Path, expected: str) -> None:

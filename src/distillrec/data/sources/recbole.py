@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from distillrec.data.sources._tables import first_line, iter_checked_lines, read_delimited
+from distillrec.data.sources._tables import TIMESTAMP_RANGE, first_line, iter_checked_lines, read_delimited
 from distillrec.data.sources.base import LinePolicy, RawData, find_file
 from distillrec.errors import DataError, MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
@@ -47,7 +47,9 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     header = _header(inter_path, REQUIRED)
     schema = {name: INTER_TYPES.get(name, pl.String()) for name in header}
     optional = frozenset(name for name in header if name not in INTER_TYPES)
-    frame, rows = read_delimited(inter_path, "\t", schema, policy, workdir, True, optional)
+    # a float timestamp must be finite, not negative and castable to int64 (NaN, inf, 1e30 are bad lines)
+    frame, rows = read_delimited(inter_path, "\t", schema, policy, workdir, True, optional,
+                                 ranges={"timestamp": TIMESTAMP_RANGE})
     interactions = frame.select(
         pl.col("user_id", "item_id"),
         pl.col("timestamp").cast(pl.Int64),

@@ -34,7 +34,10 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     positions: list[int] = []
     lines = 0
     for lineno, text in iter_checked_lines(path, policy):
-        user, *history = text.split()
+        fields = text.split()
+        if not fields:  # only Unicode whitespace (e.g. '\x1c', '\u2028'): a blank line
+            continue
+        user, *history = fields
         if not history:
             policy.bad(path, lineno, text, f"user {user!r} has no items")
             continue
