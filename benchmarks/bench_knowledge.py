@@ -115,9 +115,9 @@ def main() -> None:
         (folder / "logs").mkdir(parents=True, exist_ok=True)
     (run / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if args.tag:  # the ablation reads the shared upstream outputs (and the baseline, if its student params match)
-        original = yaml.safe_load(args.params.read_text())
-        shared_baseline = all({k: v for k, v in raw.get(section, {}).items() if k != "seeds"} ==
-                              {k: v for k, v in original.get(section, {}).items() if k != "seeds"}
+        original = parse_params(resolve_paths(yaml.safe_load(args.params.read_text()))).model_dump(mode="json")
+        shared_baseline = all({k: v for k, v in raw[section].items() if k != "seeds"} ==
+                              {k: v for k, v in original[section].items() if k != "seeds"}
                               for section in ("student", "train"))
         model_name = raw.get("student", {}).get("model", "sasrec")
         for shared in ("data", "models/teachers", *((f"models/students/{model_name}-none",) if shared_baseline else ())):
