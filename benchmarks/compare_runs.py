@@ -1,7 +1,8 @@
 """Paired comparison of two rows from two evaluations of the same split (e.g. a d=32 student vs the d=64 baseline).
 
 Reads the per-user test ranks that `evaluate` writes (`metrics/ranks.parquet`, one column per row and
-seed, `<row>/seed<k>`) and runs the evaluate stage's paired t-test over users, overall and per bucket.
+seed, `<row>/seed<k>`, or `<row>` for a teacher) and runs the evaluate stage's paired t-test over
+users, overall and per bucket.
 
     python benchmarks/compare_runs.py benchmarks/out/knowledge/office:baseline \
         benchmarks/out/knowledge/office/runs/d32:dllm2rec
@@ -27,10 +28,11 @@ def runs(spec: str) -> tuple[Path, list[np.ndarray]]:
     """`<run folder>:<row>` -> (folder, that row's per-seed test ranks)."""
     folder, _, row = spec.rpartition(":")
     ranks = pl.read_parquet(Path(folder) / "metrics" / "ranks.parquet")
-    columns = [c for c in ranks.columns if c.startswith(f"{row}/")]
+    columns = [c for c in ranks.columns if c == row or c.startswith(f"{row}/")]
     if not columns:
         raise SystemExit(f"{folder}/metrics/ranks.parquet has no runs of row {row!r}: {ranks.columns}")
-    return Path(folder), [ranks[c].to_numpy() for c in columns]
+    # a teacher's rank is null where the target is not in its top K: a miss at every cut-off <= K
+    return Path(folder), [ranks[c].fill_null(np.iinfo(np.int32).max).to_numpy().copy() for c in columns]
 
 
 def main() -> None:
