@@ -7,7 +7,7 @@ import gzip
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -94,3 +94,15 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except READ_ERRORS as exc:
         raise unreadable(path, exc) from None
+
+
+def read_optional(directory: Path, name: str, read: Callable[[Path], pl.DataFrame], default: pl.DataFrame,
+                  files: list[Path], file_rows: dict[str, int]) -> pl.DataFrame:
+    """An optional side file (item text): `read` it if present, recording it in `files`/`file_rows`."""
+    path = find_file(directory, [name])
+    if path is None:
+        return default
+    frame = read(path)
+    files.append(path)
+    file_rows[path.name] = frame.height
+    return frame

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from distillrec.data.sources.base import LinePolicy, RawData, find_file, open_bytes, reading
+from distillrec.data.sources.base import LinePolicy, RawData, find_file, open_bytes, read_optional, reading
 from distillrec.errors import DataError, MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
 
@@ -167,10 +167,6 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     policy = LinePolicy(ingest.on_bad_line, dropped)
     interactions, users = _interactions(inter, policy)
     files, rows = [inter], {inter.name: users}
-    items = pl.DataFrame(schema={"item_id": pl.String()})
-    item_path = find_file(raw_dir, [f"{dataset.name}.item.json"])
-    if item_path is not None:
-        items = _items(item_path, policy)
-        files.append(item_path)
-        rows[item_path.name] = items.height
+    items = read_optional(raw_dir, f"{dataset.name}.item.json", lambda path: _items(path, policy),
+                          pl.DataFrame(schema={"item_id": pl.String()}), files, rows)
     return RawData(interactions, items.lazy(), files, rows, dropped)

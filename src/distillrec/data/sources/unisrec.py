@@ -33,7 +33,7 @@ from pathlib import Path
 import polars as pl
 
 from distillrec.data.sources._tables import first_line, iter_checked_lines
-from distillrec.data.sources.base import LinePolicy, RawData, find_file
+from distillrec.data.sources.base import LinePolicy, RawData, find_file, read_optional
 from distillrec.errors import DataError, MissingFilesError
 from distillrec.params import DatasetParams, IngestParams
 
@@ -285,10 +285,6 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     for split in splits:
         files.append(paths[split])
         file_rows[paths[split].name] = counts[split]
-    text_items = pl.DataFrame(schema={"item_id": pl.String, "title": pl.String})
-    text_path = find_file(raw_dir, [f"{name}.text"])
-    if text_path is not None:
-        text_items = _text(text_path, policy)
-        files.append(text_path)
-        file_rows[text_path.name] = text_items.height
+    text_items = read_optional(raw_dir, f"{name}.text", lambda path: _text(path, policy),
+                               pl.DataFrame(schema={"item_id": pl.String, "title": pl.String}), files, file_rows)
     return RawData(interactions, text_items.lazy(), files, file_rows, dropped)
