@@ -89,7 +89,7 @@ def summarise(rows: list[dict]) -> str:
             ms([r["test"]["mrr@10"] for r in group]), ms([r["test"]["ndcg@20"] for r in group]),
             f"{np.mean([r['fit']['epochs'] for r in group]):.0f} ({np.mean([r['fit']['best_epoch'] for r in group]):.0f})",
             ms([r["fit"]["seconds_per_epoch"] for r in group], 2), ms([r["fit"]["seconds_to_best"] for r in group], 1),
-            ms([r["wall"] for r in group], 1), ms([r["cost"]["ms_per_user"] for r in group], 3),
+            ms([r["wall"] for r in group], 1), ms([r["cost"]["latency_ms"] for r in group], 3),
         ]) + " |")
     return "\n".join(lines)
 

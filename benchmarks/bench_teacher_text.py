@@ -114,7 +114,7 @@ def run_one(job: dict) -> dict:
     row = evaluator.table[name]
     result = {"split": job["split"], "run": job["run"], "tag": job["tag"], "valid": row["valid"], "test": row["test"],
               "fit": state.summary(), "fit_wall": fit_wall, "export_wall": export_wall,
-              "export_examples": examples.height, "ms_per_user": row["cost"]["ms_per_user"],
+              "export_examples": examples.height, "latency_ms": row["cost"]["latency_ms"],
               "encoder_passes": getattr(getattr(teacher, "encoder", None), "passes", None),
               "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "threads": torch.get_num_threads()}
@@ -141,7 +141,7 @@ def summarise(rows: list[dict]) -> str:
         lines.append(f"| {r['split']} | {r['run']}{r['tag']} | {r['test']['hr@10']:.4f} | {r['test']['ndcg@10']:.4f} "
                      f"| {unseen} | {r['fit']['epochs']} ({r['fit']['best_epoch']}) | {r['fit_wall']:.0f} "
                      f"| {r['encoder_passes'] if r['encoder_passes'] is not None else '–'} "
-                     f"| {r['export_wall']:.1f} ({r['export_examples']}) | {r['ms_per_user']:.2f} |")
+                     f"| {r['export_wall']:.1f} ({r['export_examples']}) | {r['latency_ms']:.2f} |")
     return "\n".join(lines)
 
 

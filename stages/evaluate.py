@@ -1,8 +1,9 @@
 """DVC stage `evaluate`: full-ranking test metrics and inference cost of every row → metrics/.
 
 Rows: popularity, each teacher, the baseline student and each distilled student (mean ± std over
-`train.seeds`, with the gain over the baseline and a paired test over users), overall and within
-buckets of test users (tail/head target items, short/long histories: `evaluate.buckets`).
+`train.seeds`), each with its gain over the baseline and a paired test over users, overall and
+within buckets of test users (tail/head target items, short/long histories: `evaluate.buckets`).
+Headline: eval.json and rows/ (DVC metrics); everything: details.json, report.md, figures/.
 """
 
 from pathlib import Path
@@ -17,19 +18,25 @@ def main(params):
     cfg = params.evaluate
     evaluator = Evaluator("data/processed", cfg, params.train.device)
     evaluator.add_popularity()
-    for name in params.teachers:
-        evaluator.add_teacher(f"teacher-{name}", f"data/teacher/{name}")
+    teachers = [f"teacher-{name}" for name in params.teachers]
+    for name, row in zip(params.teachers, teachers):
+        evaluator.add_teacher(row, f"data/teacher/{name}")
+    curves = {}
     for method in ["none", *params.distill.runs]:
-        folder = Path("models/students") / f"{params.student.model}-{method}"
-        evaluator.add_runs("baseline" if method == "none" else method,
-                           {f"seed{seed}": folder / f"seed{seed}" for seed in params.train.seeds})
+        run = f"{params.student.model}-{method}"
+        row = "baseline" if method == "none" else method
+        evaluator.add_runs(row, {f"seed{seed}": Path("models/students") / run / f"seed{seed}"
+                                 for seed in params.train.seeds})
+        curves[row] = (Path("dvclive") / run / f"seed{params.train.seeds[0]}" / "plots" / "metrics" / "valid"
+                       / f"{params.train.select_metric}.tsv")
     evaluator.compare("baseline", cfg.compare_metric)
     buckets = evaluator.by_bucket("baseline", cfg.compare_metric)
     protocol = ("Full ranking over all items, chronological leave-one-out, ties counted against the "
                 f"model; history items {'excluded' if cfg.exclude_history else 'not excluded'}. Students: mean "
                 f"± std over seeds {params.train.seeds}; gain and p (paired t-test over users) on "
                 f"{cfg.compare_metric} against the baseline.")
-    write_reports(evaluator.table, evaluator.rank_table(), cfg.ks, protocol, "metrics", buckets)
+    write_reports(evaluator.table, evaluator.rank_table(), cfg.ks, protocol, "metrics", buckets,
+                  teachers=teachers, curve_files=curves)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def shared() -> Path:
 
 
 def small_params(**synthetic) -> Params:
-    cfg = dict(n_users=120, n_items=60, n_clusters=4, min_length=6, max_length=20) | synthetic
+    # successors=1: the next item's group narrows to the previous item's brand, a sequential signal
+    # strong enough for tests that check that a model learns it from 120 users
+    cfg = dict(n_users=120, n_items=60, n_clusters=4, min_length=6, max_length=20, successors=1) | synthetic
     return Params(dataset=DatasetParams(synthetic=SyntheticParams(**cfg)))
 
 

@@ -326,7 +326,7 @@ IMPORT_CASES = [
 ]
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0,
-        "export": {"ms_per_example": 1.0, "threads": 1}}
+        "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
 
 
 def write_dllm2rec_folder(folder: Path, data: TeacherData, k: int = 4) -> None:

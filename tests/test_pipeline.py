@@ -52,46 +52,70 @@ def repo(tmp_path_factory):
     repo = _copy_repo(tmp_path_factory.mktemp("repo"))
     # a smaller default keeps the smoke test fast; the DAG and code paths are the same
     _set(repo, "dataset.synthetic.n_users", 300)
+    _set(repo, "dataset.synthetic.n_items", 400)
     _set(repo, "train.epochs", 2)
     _set(repo, "evaluate.latency_repeats", 10)
-    _set(repo, "teachers.pod.train.epochs", 1)
-    _set(repo, "teachers.pod.export.train_positions", 2)
+    _set(repo, "teachers.fusion.train.epochs", 2)
+    _set(repo, "teachers.llm.train.epochs", 1)
+    _set(repo, "teachers.llm.train.sample", 200)
     return repo
+
+
+TEACHERS = ("fusion", "llm")
+METHODS = ("dllm2rec", "prmkd", "feature", "logit_kd", "llm_init")
+ROW_KEYS = {"hr@10", "ndcg@10", "mrr@10", "gain", "p", "ms_per_user", "params"}
+
+
+def _keys(node) -> int:
+    return sum(_keys(v) for v in node.values()) if isinstance(node, dict) else 1
 
 
 def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
-    methods = ("dllm2rec", "prmkd", "feature", "logit_kd", "llm_init")
-    students = {"train_student@42", *(f"distill@{m}-42" for m in methods)}
-    assert _ran(first) == {"ingest", "split", "embed_items@words", "train_teacher@pod", "export_teacher@pod",
-                           *students, "evaluate"}
+    students = {"train_student@42", *(f"distill@{m}-42" for m in METHODS)}
+    teachers = {f"{stage}@{t}" for t in TEACHERS for stage in ("train_teacher", "export_teacher")}
+    assert _ran(first) == {"ingest", "split", "embed_items@minilm", *teachers, *students, "evaluate"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
-    assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 3_000
-    evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(evaluation) == {"popularity", "teacher-pod", "baseline", *methods, "buckets"}
-    assert evaluation["dllm2rec"]["vs_baseline"]["metric"] == "ndcg@10"
-    assert set(evaluation["buckets"]["users"]) == {"tail", "head", "short", "long"}
-    assert set(evaluation["dllm2rec"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p"}
+    assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 2_000
+    # the headline: a one-line story and one small file per row, all with the same keys
+    story = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert set(story) == {"best", "ndcg@10", "gain", "p", "tail_gain", "teacher", "teacher_gain"}
+    assert story["best"] in METHODS and story["teacher"] in {f"teacher-{t}" for t in TEACHERS}
+    rows = {p.stem: json.loads(p.read_text()) for p in (repo / "metrics" / "rows").glob("*.json")}
+    assert set(rows) == {"popularity", *(f"teacher-{t}" for t in TEACHERS), "baseline", *METHODS}
+    assert all(set(row) == ROW_KEYS for row in rows.values())
+    assert _keys(story) + _keys(rows) < 100
+    assert 0 < rows["baseline"]["ndcg@10"] <= 1 and rows["baseline"]["gain"] is None
+    details = json.loads((repo / "metrics" / "details.json").read_text())
+    ci = details["dllm2rec"]["vs_baseline"]
+    assert ci["ci_low"] <= rows["dllm2rec"]["gain"] <= ci["ci_high"]
+    assert set(details["buckets"]["users"]) == {"tail", "head", "short", "long"}
+    assert set(details["dllm2rec"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p"}
     assert (repo / "metrics" / "buckets.csv").is_file()
-    assert 0 < evaluation["baseline"]["test"]["ndcg@10"] <= 1
-    assert 0 <= evaluation["teacher-pod"]["test"]["ndcg@10"] <= 1
-    assert 0 <= evaluation["teacher-pod"]["explanation"]["bleu1"] <= 100
+    report = (repo / "metrics" / "report.md").read_text()
+    assert "| baseline |" in report and "## By item popularity and history length" in report
+    assert "| dllm2rec | tail |" in report and "| dllm2rec | head |" in report
+    assert all((repo / "metrics" / "figures" / f).is_file() for f in ("gain.png", "buckets.png", "curves.png"))
+    # DVC sees the headline as metrics and nothing else (the curves' summaries are plain outs)
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo))
+    files = set(next(iter(shown.values()))["data"])
+    assert files == {"metrics/eval.json", *(f"metrics/rows/{r}.json" for r in rows)}
+    table = _run(["dvc", "metrics", "show"], repo)
+    assert max(len(line) for line in table.splitlines()) <= 160, table
     assert (repo / "models" / "students" / "sasrec-none" / "seed42" / "model.pt").is_file()
-    assert "| baseline |" in (repo / "metrics" / "report.md").read_text()
     assert _ran(_run(["dvc", "repro"], repo)) == set()
     _set(repo, "distill.logit_kd.temperature", 3.0)
     assert _ran(_run(["dvc", "repro"], repo)) == {"distill@logit_kd-42", "evaluate"}
     _set(repo, "distill.llm_init.scale", 0.05)
     assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "evaluate"}
-    _set(repo, "teachers.pod.export.top_k", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@pod", *students - {"train_student@42"}, "evaluate"}
+    _set(repo, "teachers.llm.export.top_k", 20)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@llm", *students - {"train_student@42"}, "evaluate"}
     _set(repo, "distill.llm_init.combine", ["logit_kd"])
     assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "distill_llm_init@logit_kd-42", "evaluate"}
-    assert "llm_init+logit_kd" in json.loads((repo / "metrics" / "eval.json").read_text())
-    _set(repo, "split.item_core", 10)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "embed_items@words", "train_teacher@pod",
-                                                  "export_teacher@pod", *students, "distill_llm_init@logit_kd-42",
-                                                  "evaluate"}
+    assert (repo / "metrics" / "rows" / "llm_init+logit_kd.json").is_file()
+    _set(repo, "split.item_core", 3)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "embed_items@minilm", *teachers, *students,
+                                                  "distill_llm_init@logit_kd-42", "evaluate"}
     _set(repo, "evaluate.ks", [1, 10])
     assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
 

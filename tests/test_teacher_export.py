@@ -17,7 +17,7 @@ from distillrec.teachers.export import (ExportTables, States, TeacherExport, Top
                                         write_export)
 
 INFO = {"parameters": 10, "trainable_parameters": 5, "size_mb": 0.1, "train_seconds": 1.0,
-        "export": {"ms_per_example": 2.0, "threads": 1}}
+        "export": {"ms_per_example": 2.0, "ms_per_user": 2.0, "threads": 1}}
 
 
 def oracle_topk(data: SplitData, examples: pl.DataFrame, k: int, rank_of_target: int = 1) -> TopK:

@@ -36,7 +36,7 @@ def test_id_teacher_trains_exports_and_beats_popularity(trained, small_split, tm
     assert (np.exp(tables.topk.scores).sum(axis=1) <= 1 + 1e-5).all()  # log-softmax over the catalogue
     assert tables.item_embeddings.shape == (data.n_items, 32) and tables.states.states.shape == (examples.height, 32)
     info = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.1, "train_seconds": 1.0,
-            "export": {"ms_per_example": 1.0, "threads": 1}}
+            "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
     write_export(tmp_path / "t", tables, data.split.examples, data.n_items, info)
     evaluator = Evaluator(small_split, EvaluateParams(ks=[10], latency_repeats=2))
     evaluator.add_popularity()

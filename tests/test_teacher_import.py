@@ -14,7 +14,7 @@ from distillrec.teachers.export import ExportTables, TeacherExport, TopK, select
 from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS, write_dllm2rec
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0,
-        "export": {"ms_per_example": 1.0, "threads": 1}}
+        "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Hugging Face plumbing shared by the teachers and `embed`: loading with clear errors, precision."""
+"""Torch and Hugging Face plumbing shared by the stages: device and precision, loading with clear errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from typing import Any
 import torch
 
 from distillrec.errors import DataError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when torch sees it, else CPU; `cuda` without a CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("device: cuda, but torch sees no CUDA device (install the CUDA build of torch, "
+                        "or set device: auto)")
+    return torch.device(name)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

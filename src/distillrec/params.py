@@ -325,8 +325,12 @@ class EmbedConfigParams(Section):
 class EmbedParams(Section):
     """One `embed_items@<name>`: a pretrained LM run once over every item's text -> item vectors."""
 
-    model: str | None = Field(None, description="HF id, folder or .gguf file (decoder); null = a small BERT "
+    model: str | None = Field(None, description="HF id, folder, .gguf file (decoder), or package:<module>/<zip> "
+                                                "(weights inside an installed Python package); null = a small BERT "
                                                 "built from `config` (an offline stand-in)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                               description="package: models: sha256 of the weights file in the zip, checked "
+                                           "before loading")
     kind: Literal["encoder", "decoder"] = Field(
         "encoder", description="encoder: AutoModel (T5: its encoder); decoder: AutoModelForCausalLM's last layer")
     pooling: Literal["mean", "last"] = Field("mean", description="mean: masked mean over tokens; "
@@ -351,6 +355,12 @@ class EmbedParams(Section):
             raise ValueError(f"fields has duplicates: {self.fields}")
         if self.model is None and self.kind != "encoder":
             raise ValueError("model null builds a small BERT encoder: set kind: encoder (or name a decoder model)")
+        packaged = self.model is not None and self.model.startswith("package:")
+        if packaged and self.sha256 is None:
+            raise ValueError(f"model {self.model!r} comes from a Python package: set sha256 to the digest of its "
+                             f"weights file, which is checked before loading")
+        if self.sha256 is not None and not packaged:
+            raise ValueError("sha256 is checked for package: models only (a folder or hub id pins itself)")
         if self.model is not None and self.model.endswith(".gguf") and self.kind != "decoder":
             raise ValueError(f"a .gguf file is loaded as a causal LM: set kind: decoder (model {self.model!r})")
         return self

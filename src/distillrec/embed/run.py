@@ -22,12 +22,13 @@ import torch
 from tqdm import tqdm
 
 from distillrec.embed import checkpoint
-from distillrec.embed.models import hidden_size, load_body, load_tokenizer
+from distillrec.embed import packaged
+from distillrec.embed.models import hidden_size, load_body, load_tokenizer, local_source
 from distillrec.embed.pooling import pool
 from distillrec.embed.store import write_item_embeddings
 from distillrec.embed.text import ItemInputs, item_texts
 from distillrec.errors import DataError, ParamsError
-from distillrec.hf import resolve_precision
+from distillrec.hf import resolve_device, resolve_precision
 from distillrec.params import EmbedParams, Params
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ class Embedded:
 
     vectors: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("embed device: cuda, but torch sees no CUDA device (install the CUDA build of torch, "
-                        "or set device: auto)")
-    return torch.device(name)
 
 
 def encode_rows(body: torch.nn.Module, inputs: ItemInputs, rows: np.ndarray, batch_size: int, pooling: str,
@@ -80,10 +72,13 @@ def embed_texts(cfg: EmbedParams, texts: list[str], checkpoint_dir: Path | str, 
         torch.set_num_threads(cfg.threads)
     try:
         started = time.perf_counter()
-        tokenizer = load_tokenizer(cfg, texts)
-        inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
-        lengths = inputs.lengths
-        body, identity = load_body(cfg, tokenizer, int(lengths.max(initial=1)), dtype)
+        with local_source(cfg) as source:
+            tokenizer = load_tokenizer(source, texts)
+            inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
+            lengths = inputs.lengths
+            body, identity = load_body(source, tokenizer, int(lengths.max(initial=1)), dtype)
+        if packaged.is_packaged(cfg.model):
+            identity = packaged.identity(cfg.model, cfg.sha256)
         body.to(device)
         loaded = time.perf_counter() - started
         key = checkpoint.fingerprint(params=cfg.model_dump(mode="json"), device=device.type, dtype=str(dtype),

@@ -38,17 +38,26 @@ def per_user(ranks: list[np.ndarray], metric: str) -> np.ndarray:
 
 def paired_comparison(baseline: list[np.ndarray], other: list[np.ndarray], metric: str,
                       mask: np.ndarray | None = None) -> dict[str, float | None]:
-    """Relative gain of the mean and the two-sided paired t-test p-value over users.
+    """Relative gain of the mean, its 95 % confidence interval and the two-sided paired t-test p-value.
 
-    `mask` [users] restricts both to a subset of users (a bucket); an empty subset gives None, and
-    a single user no p-value.
+    The interval is the paired t interval of the mean per-user difference, divided by the
+    baseline's mean. `mask` [users] restricts both to a subset of users (a bucket); an empty subset
+    gives None, and a single user no p-value or interval.
     """
     base, new = per_user(baseline, metric), per_user(other, metric)
     if mask is not None:
         base, new = base[mask], new[mask]
+    out: dict[str, float | None] = {"metric": metric, "gain": None, "p_value": None, "ci_low": None, "ci_high": None}
     if not len(base):
-        return {"metric": metric, "gain": None, "p_value": None}
-    gain = float(new.mean() / base.mean() - 1) if base.mean() > 0 else None
+        return out
+    scale = base.mean()
+    out["gain"] = float(new.mean() / scale - 1) if scale > 0 else None
     diff = new - base
-    p = None if len(diff) < 2 or np.allclose(diff, 0) else float(stats.ttest_rel(new, base).pvalue)
-    return {"metric": metric, "gain": gain, "p_value": None if p is None or math.isnan(p) else p}
+    if len(diff) < 2 or np.allclose(diff, 0):
+        return out
+    p = float(stats.ttest_rel(new, base).pvalue)
+    out["p_value"] = None if math.isnan(p) else p
+    if scale > 0:
+        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+        out["ci_low"], out["ci_high"] = float((diff.mean() - half) / scale), float((diff.mean() + half) / scale)
+    return out

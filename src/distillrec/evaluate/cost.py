@@ -40,4 +40,4 @@ def inference_cost(scorer: Scorer, data: SplitData, max_length: int, latency_bat
     for i in range(n_batches):
         call(throughput_batch, i * throughput_batch)
     throughput = n_batches * throughput_batch / (time.perf_counter() - started)
-    return {"ms_per_user": 1000 * per_call / latency_batch, "users_per_second": throughput}
+    return {"latency_ms": 1000 * per_call / latency_batch, "users_per_second": throughput}

@@ -26,7 +26,7 @@ from distillrec.teachers.export import TeacherExport
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.ranking import Scorer, rank_split, student_scorer
 from distillrec.students.saved import load_student
-from distillrec.train.loop import resolve_device
+from distillrec.hf import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class Evaluator:
         self.listed[name] = int(info["top_k"]) if any(v is not None for v in row["test"].values()) else 0
         row["cost"] = {"parameters": info["parameters"], "trainable_parameters": info["trainable_parameters"],
                        "size_mb": info["size_mb"], "train_seconds": info["train_seconds"],
-                       "ms_per_user": info["export"]["ms_per_example"],
-                       "users_per_second": 1000 / max(info["export"]["ms_per_example"], 1e-9),
+                       "users_per_second": 1000 / max(info["export"]["ms_per_user"], 1e-9),
                        "threads": info["export"]["threads"], "top_k": info["top_k"]}
         explanations = export.explanations()
         if explanations is not None and explanations.height:
@@ -105,12 +104,17 @@ class Evaluator:
         self._store(name, aggregate({run: self._student(f"{name}/{run}", folder) for run, folder in folders.items()}))
 
     def compare(self, baseline: str, metric: str) -> None:
-        """Gain over `baseline` and paired p-value for every multi-run row."""
-        runs = {name: [self.ranks[f"{name}/{run}"] for run in row["runs"]]
-                for name, row in self.table.items() if "runs" in row}
-        for name, ranks in runs.items():
-            if name != baseline:
-                self.table[name]["vs_baseline"] = paired_comparison(runs[baseline], ranks, metric)
+        """Gain over `baseline`, its interval and the paired p-value for every other row (a
+        teacher's users beyond its top K count as misses; a top K shorter than the metric's K, or
+        no test lists, is not compared)."""
+        base = self._row_ranks(baseline)
+        for name in self.table:
+            if name != baseline and self._comparable(name, metric):
+                self.table[name]["vs_baseline"] = paired_comparison(base, self._row_ranks(name), metric)
+
+    def _comparable(self, name: str, metric: str) -> bool:
+        k = int(metric.split("@")[1])
+        return self.listed.get(name, k) >= k
 
     def _row_ranks(self, name: str) -> list[np.ndarray]:
         """Per-user test ranks of a row, one array per run; a null rank (beyond a top K) is a miss."""
@@ -121,7 +125,7 @@ class Evaluator:
 
     def by_bucket(self, baseline: str, metric: str) -> BucketReport:
         """Test metrics of every row within each bucket of users (`evaluate.buckets`), with the gain
-        and paired p-value on `metric` against `baseline` for every other multi-run row."""
+        and paired p-value on `metric` against `baseline` for every other row."""
         masks, info = assign_buckets(self.data, self.cfg.buckets)
         for bucket, users in info["users"].items():
             if not users:
@@ -129,13 +133,12 @@ class Evaluator:
                             bucket, self.cfg.buckets)
         metrics = [f"{m}@{k}" for k in self.cfg.ks for m in ("hr", "ndcg", "mrr")]
         metrics += [metric] if metric not in metrics else []
-        compared = baseline in self.table and "runs" in self.table[baseline]
-        base = self._row_ranks(baseline) if compared else None
+        base = self._row_ranks(baseline) if baseline in self.table else None
         rows = {}
-        for name, row in self.table.items():
+        for name in self.table:
             ranks = self._row_ranks(name)
             rows[name] = bucket_metrics(ranks, masks, metrics, self.listed.get(name))
-            if base is not None and "runs" in row and name != baseline:
+            if base is not None and name != baseline and self._comparable(name, metric):
                 for bucket, versus in compare_buckets(base, ranks, metric, masks).items():
                     rows[name][bucket].update(versus)
         return BucketReport(info, metric, metrics, rows)

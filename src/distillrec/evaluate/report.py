@@ -1,5 +1,5 @@
-"""DVC-facing outputs of `evaluate`: eval.json (metrics), report.md (tables), NDCG@K plot data,
-buckets.csv (metrics by bucket of users)."""
+"""DVC-facing outputs of `evaluate`: the headline metrics (eval.json, rows/), the full detail
+(details.json, report.md, buckets.csv), pictures (figures/) and NDCG@K plot data (plots/)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import polars as pl
 
 from distillrec.evaluate.buckets import BucketReport
+from distillrec.evaluate.figures import write_figures
+from distillrec.evaluate.headline import headline_rows, story
 from distillrec.io import atomic_dir, atomic_file, write_json
 
 
@@ -66,17 +68,49 @@ def bucket_tables(buckets: BucketReport) -> list[str]:
     return lines
 
 
-def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets: BucketReport | None = None) -> str:
-    metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
+def headline_table(table: dict[str, Any], metric: str, buckets: BucketReport | None = None) -> list[str]:
+    """The table README quotes: one K, gain with its interval, tail items, cost."""
+    rows = headline_rows(table, metric)
+    k = metric.split("@")[1]
+    tail = buckets is not None and buckets.info["users"].get("tail")
+    head = ["row", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", f"gain {metric}", "95 % CI", "p",
+            *([f"tail {metric}", "tail gain"] if tail else []), "ms/user", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        versus = table[name].get("vs_baseline", {})
+        gain = "" if row["gain"] is None else f"{100 * row['gain']:+.1f}%"
+        ci = ("" if versus.get("ci_low") is None
+              else f"{100 * versus['ci_low']:+.1f} … {100 * versus['ci_high']:+.1f}%")
+        p = "" if row["p"] is None else f"{row['p']:.2g}"
+        cells = [name, *[_fmt(row[f"{m}@{k}"]) for m in ("hr", "ndcg", "mrr")], gain, ci, p]
+        if tail:
+            entry = buckets.rows[name]["tail"]
+            cells += [_fmt(entry[buckets.metric]),
+                      "" if entry.get("gain") is None else f"{100 * entry['gain']:+.1f}%"]
+        cells += [f"{row['ms_per_user']:g}", f"{row['params']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets: BucketReport | None = None,
+                   figures: list[str] | None = None) -> str:
     compared = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
+    lines = [f"# Test results\n\n{protocol}\n"]
+    if compared:
+        lines += [f"## Headline (test, {compared})", "", *headline_table(table, compared, buckets), "",
+                  "ms/user: batched scoring throughput (students: the evaluation batch; teachers: their "
+                  "export, one pass over each user's history). Tail: the target is among the least frequent "
+                  "training items (below).", ""]
+    if figures:
+        lines += ["## Figures", "", *[f"![{name.removesuffix('.png')}](figures/{name})" for name in figures], ""]
+    metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
     head = ["row", *[m.upper() for m in metrics], f"gain {compared or ''}".strip(), "p",
-            "train s", "ms/user", "users/s", "params", "MB"]
-    lines = [f"# Test results\n\n{protocol}\n", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
+            "train s", "latency ms", "users/s", "params", "MB"]
+    lines += ["## Every K", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         cost = row["cost"]
         cells = [name, *[_cell(row, m) for m in metrics], *_versus(row), _fmt(cost.get("train_seconds"), 1),
-                 _fmt(cost["ms_per_user"], 3), _fmt(cost["users_per_second"], 0),
+                 _fmt(cost.get("latency_ms"), 3), _fmt(cost["users_per_second"], 0),
                  f"{int(cost['parameters']):,}", _fmt(cost.get("size_mb"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     if buckets is not None:
@@ -92,28 +126,38 @@ def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets:
 
 
 def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], protocol: str,
-                  metrics_dir: Path | str, buckets: BucketReport | None = None) -> None:
-    """eval.json (nested: `<row>.test.ndcg@10`), report.md, plots/ndcg_at_k/<row>.csv, ranks.parquet.
+                  metrics_dir: Path | str, buckets: BucketReport | None = None, *, teachers: list[str] = (),
+                  baseline: str = "baseline", curve_files: dict[str, Path] | None = None) -> None:
+    """Headline metrics (eval.json, rows/<row>.json), details.json, report.md, figures/*.png,
+    plots/ndcg_at_k/<row>.csv, ranks.parquet and (with `buckets`) buckets.csv.
 
-    With `buckets`: each row of eval.json gets `buckets.<bucket>.<metric>` (and `.gain`, `.p`), the
-    top level `buckets` holds the user counts and thresholds, and every metric per bucket goes to
-    report.md and buckets.csv.
+    details.json is the whole table (`<row>.test.ndcg@10`, seeds, validation, cost); with
+    `buckets`, each row also gets `buckets.<bucket>.<metric>` (and `.gain`, `.p`), and the top
+    level `buckets` holds the user counts and thresholds.
     """
     metrics_dir = Path(metrics_dir)
-    evaluation = table
+    details = table
     if buckets is not None:
         if "buckets" in table:
-            raise ValueError("a row named 'buckets' would clash with eval.json's bucket summary")
-        evaluation = {name: row | {"buckets": buckets.headline(name)} for name, row in table.items()}
-        evaluation["buckets"] = buckets.info
+            raise ValueError("a row named 'buckets' would clash with details.json's bucket summary")
+        details = {name: row | {"buckets": buckets.headline(name)} for name, row in table.items()}
+        details["buckets"] = buckets.info
         columns = ["row", "bucket", "users", *buckets.metrics, "gain", "p"]
         frame = pl.DataFrame(buckets.records(), schema={c: pl.String if c in ("row", "bucket") else
                                                          pl.Int64 if c == "users" else pl.Float64 for c in columns})
         with atomic_file(metrics_dir / "buckets.csv") as tmp:
             frame.write_csv(tmp)
-    write_json(metrics_dir / "eval.json", evaluation)
+    write_json(metrics_dir / "details.json", details)
+    metric = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
+    if metric is not None:
+        write_json(metrics_dir / "eval.json", story(table, metric, list(teachers), baseline, buckets))
+        with atomic_dir(metrics_dir / "rows") as tmp:
+            for name, row in headline_rows(table, metric).items():
+                write_json(tmp / f"{name}.json", row)
+    with atomic_dir(metrics_dir / "figures") as tmp:
+        figures = write_figures(tmp, table, ks, metric or f"ndcg@{ks[0]}", buckets, curve_files or {})
     with atomic_file(metrics_dir / "report.md") as tmp:
-        tmp.write_text(markdown_table(table, ks, protocol, buckets))
+        tmp.write_text(markdown_table(table, ks, protocol, buckets, figures))
     with atomic_dir(metrics_dir / "plots" / "ndcg_at_k") as tmp:  # one line per row in `dvc plots`
         for name, row in table.items():
             pl.DataFrame({"k": ks, "ndcg": [row["test"][f"ndcg@{k}"] for k in ks]}).write_csv(tmp / f"{name}.csv")

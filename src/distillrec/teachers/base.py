@@ -11,18 +11,20 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 import torch
-from transformers import PreTrainedModel
 
 from distillrec.errors import DataError
-from distillrec.hf import from_pretrained, resolve_precision
+from distillrec.hf import from_pretrained, resolve_device, resolve_precision
 from distillrec.params import TeacherExportParams, TeacherParams
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
-from distillrec.train.loop import FitState, resolve_device
+from distillrec.train.loop import FitState
+
+if TYPE_CHECKING:  # transformers takes seconds to import; the fusion and id teachers never need it
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 

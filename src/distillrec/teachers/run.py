@@ -89,6 +89,7 @@ def export_teacher(params: Params, name: str, processed: Path | str, model_dir: 
             "train_seconds": summary["fit"]["seconds"], "fit": summary["fit"],
             "export": {**cfg.export.model_dump(mode="json"), "examples": examples.height, "seconds": seconds,
                        "ms_per_example": 1000 * seconds / max(examples.height, 1),
+                       "ms_per_user": 1000 * seconds / max(examples["user_idx"].n_unique(), 1),
                        "device": str(teacher.device), "threads": torch.get_num_threads()},
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return write_export(out_dir, tables, data.split.examples, data.n_items, info)

@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def fingerprint(*parts: Any) -> str:
     """Identity of a run's configuration: a checkpoint is resumed only by the same config."""
     text = json.dumps([p if isinstance(p, (str, int, float, list, dict)) else p.model_dump(mode="json")

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from distillrec.data.splitdata import SplitData
 from distillrec.params import StudentParams, TrainParams
 from distillrec.students.base import Student, trim_padding
-from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator, resolve_device
+from distillrec.hf import resolve_device
+from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.objectives import Batch, Objective
 from distillrec.train.ranking import rank_split, student_scorer

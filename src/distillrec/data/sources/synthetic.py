@@ -1,9 +1,16 @@
-"""Deterministic synthetic dataset: the offline default, built to have learnable structure.
+"""Deterministic synthetic dataset: the offline default, built so that item text carries behaviour.
 
-Signal a sequential recommender can exploit (and popularity cannot): every item has a few
-likely successors in its own taste cluster, so the next item depends on the previous one.
-Titles carry the cluster through category and brand words, reviews mention item features —
-material for text-based teachers and explanation generation.
+What a real text-rich catalogue has and an ID model cannot learn from few interactions:
+* Every item is a product of one hobby (Camping, Coffee, ...) with a plain-English kind
+  ("dome tent") and a brand line. Kinds come in real-world pairs, a product and what goes with
+  it ("dome tent" -> "tent stakes", "camping stove" -> "fuel canister").
+* The sequential signal follows from that text: each item has `successors` likely next items,
+  drawn from the items whose kind goes with its kind, of its own brand where enough exist. A
+  language model that knows which products go together, or simply reads the shared brand and
+  kind words, predicts the next item from the titles alone.
+* Popularity is Zipf-like, so most items are rare: their ID embeddings see a handful of
+  interactions, while their text is as informative as a popular item's.
+Reviews mention the item's kind, material and feature (material for explanation generation).
 """
 
 from __future__ import annotations
@@ -16,24 +23,26 @@ import polars as pl
 from distillrec.data.sources.base import RawData
 from distillrec.params import DatasetParams, IngestParams, SyntheticParams
 
-CATEGORIES = [
-    ("Outdoor", ["tent", "backpack", "lantern", "sleeping bag", "trekking pole", "water filter"]),
-    ("Kitchen", ["skillet", "chef knife", "kettle", "blender", "cutting board", "spice rack"]),
-    ("Gaming", ["controller", "headset", "keyboard", "mouse pad", "capture card", "racing wheel"]),
-    ("Fitness", ["yoga mat", "kettlebell", "jump rope", "foam roller", "dumbbell", "resistance band"]),
-    ("Garden", ["trowel", "hose", "planter", "pruner", "seed tray", "watering can"]),
-    ("Office", ["desk lamp", "notebook", "monitor stand", "fountain pen", "stapler", "desk chair"]),
-    ("Audio", ["speaker", "turntable", "amplifier", "earbuds", "microphone", "sound bar"]),
-    ("Baby", ["stroller", "bottle", "high chair", "baby monitor", "play mat", "diaper bag"]),
-    ("Pets", ["dog bed", "cat tree", "leash", "aquarium", "litter box", "chew toy"]),
-    ("Travel", ["suitcase", "neck pillow", "packing cube", "travel adapter", "duffel", "passport wallet"]),
-    ("Art", ["easel", "sketchbook", "watercolor set", "brush kit", "canvas", "pastel box"]),
-    ("Tools", ["drill", "wrench set", "tape measure", "level", "sander", "tool box"]),
-    ("Beauty", ["hair dryer", "face serum", "brush set", "nail kit", "mirror", "curling iron"]),
-    ("Cycling", ["bike light", "helmet", "saddle", "pump", "bike lock", "jersey"]),
-    ("Photo", ["tripod", "camera bag", "lens filter", "flash", "memory card", "gimbal"]),
-    ("Music", ["guitar", "ukulele", "drum pad", "keyboard stand", "metronome", "capo"]),
+HOBBIES = [  # (hobby, three (product, what goes with it) pairs)
+    ("Camping", [("dome tent", "tent stakes"), ("sleeping bag", "sleeping pad"), ("camping stove", "fuel canister")]),
+    ("Coffee", [("espresso machine", "milk frother"), ("coffee grinder", "coffee beans"), ("french press", "coffee mug")]),
+    ("Gaming", [("game console", "wireless controller"), ("gaming mouse", "mouse pad"), ("gaming headset", "headset stand")]),
+    ("Fitness", [("yoga mat", "yoga block"), ("dumbbell set", "weight bench"), ("running shoes", "sports socks")]),
+    ("Garden", [("garden hose", "hose nozzle"), ("flower seeds", "seed tray"), ("lawn mower", "grass catcher")]),
+    ("Office", [("fountain pen", "ink cartridge"), ("desk lamp", "light bulb"), ("laptop", "laptop stand")]),
+    ("Audio", [("turntable", "vinyl record"), ("amplifier", "bookshelf speakers"), ("microphone", "pop filter")]),
+    ("Baby", [("baby bottle", "bottle brush"), ("stroller", "stroller rain cover"), ("diapers", "baby wipes")]),
+    ("Pets", [("dog leash", "dog collar"), ("aquarium", "fish food"), ("cat litter box", "cat litter")]),
+    ("Travel", [("suitcase", "luggage tag"), ("neck pillow", "sleep mask"), ("travel adapter", "power bank")]),
+    ("Art", [("watercolor paints", "watercolor paper"), ("easel", "canvas"), ("sketchbook", "graphite pencils")]),
+    ("Tools", [("cordless drill", "drill bits"), ("circular saw", "saw blade"), ("tape measure", "carpenter pencil")]),
+    ("Beauty", [("hair dryer", "heat protectant spray"), ("nail polish", "nail polish remover"), ("face cleanser", "moisturizer")]),
+    ("Cycling", [("road bike", "bike helmet"), ("bike pump", "inner tube"), ("bike light", "bike lock")]),
+    ("Photo", [("mirrorless camera", "camera lens"), ("tripod", "remote shutter"), ("camera bag", "memory card")]),
+    ("Music", [("acoustic guitar", "guitar strings"), ("digital piano", "piano bench"), ("drum kit", "drumsticks")]),
 ]
+KINDS = [[kind for pair in pairs for kind in pair] for _, pairs in HOBBIES]  # kind k: pair k // 2, role k % 2
+GOES_WITH = [[k ^ 1, (k // 2 * 2 + 2) % 6] for k in range(6)]  # its pair partner and the next pair's product
 BRAND_STEMS = ["Nord", "Terra", "Vela", "Orion", "Pico", "Luma", "Kestrel", "Atlas",
                "Brio", "Cobalt", "Delta", "Ember", "Fjord", "Gala", "Helix", "Iris"]
 BRAND_SUFFIXES = ["works", "line", "craft", "gear"]
@@ -53,12 +62,12 @@ def _items(cfg: SyntheticParams, rng: np.random.Generator) -> tuple[pl.DataFrame
     brand = rng.integers(0, len(BRAND_SUFFIXES), n)
     adjective, material = rng.integers(0, len(ADJECTIVES), n), rng.integers(0, len(MATERIALS), n)
     color, feature = rng.integers(0, len(COLORS), n), rng.integers(0, len(FEATURES), n)
-    attrs = dict(cluster=cluster, product=product, material=material, feature=feature)
+    attrs = dict(cluster=cluster, product=product, brand=brand, material=material, feature=feature)
     rows = []
     for i in range(n):
-        category, products = CATEGORIES[cluster[i]]
+        category = HOBBIES[cluster[i]][0]
         brand_name = BRAND_STEMS[cluster[i]] + BRAND_SUFFIXES[brand[i]]
-        prod = products[product[i]]
+        prod = KINDS[cluster[i]][product[i]]
         rows.append({
             "item_id": f"i{i:05d}",
             "title": f"{brand_name} {ADJECTIVES[adjective[i]]} {MATERIALS[material[i]]} {prod} {i % 97 + 1}",
@@ -82,10 +91,23 @@ def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
 
 
-def _successors(cfg: SyntheticParams, cluster: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[N, S] each item's likely next items, drawn from its own cluster."""
-    same = cluster[None, :] == np.arange(cfg.n_clusters)[:, None]
-    return np.stack([rng.choice(np.flatnonzero(same[cluster[i]]), cfg.successors) for i in range(cfg.n_items)])
+def _successors(cfg: SyntheticParams, attrs: dict[str, np.ndarray]) -> np.ndarray:
+    """[N, N] P(next | previous) of the successor move: uniform over the previous item's group.
+
+    The group is what its text says goes with it: the items of its hobby whose kind goes with its
+    kind, narrowed to its own brand when at least `successors` such items exist (in a catalogue
+    too small for that, the widest of these sets that has them, down to the whole hobby).
+    """
+    cluster, kind, brand = attrs["cluster"], attrs["product"], attrs["brand"]
+    probs = np.zeros((cfg.n_items, cfg.n_items))
+    for i in range(cfg.n_items):
+        pool = np.flatnonzero(cluster == cluster[i])
+        goes_with = pool[np.isin(kind[pool], GOES_WITH[kind[i]])]
+        pool = goes_with if len(goes_with) >= cfg.successors else pool
+        own_brand = pool[brand[pool] == brand[i]]
+        pool = own_brand if len(own_brand) >= cfg.successors else pool
+        probs[i, pool] = 1.0 / len(pool)
+    return probs
 
 
 def next_item_probabilities(cfg: SyntheticParams) -> np.ndarray:
@@ -97,13 +119,11 @@ def next_item_probabilities(cfg: SyntheticParams) -> np.ndarray:
     rng = np.random.default_rng(cfg.seed)
     _, attrs = _items(cfg, rng)
     pop = _popularity(cfg, rng)
-    cluster, successors = attrs["cluster"], _successors(cfg, attrs["cluster"], rng)
-    probs = np.zeros((cfg.n_items, cfg.n_items))
-    np.add.at(probs, (np.repeat(np.arange(cfg.n_items), cfg.successors), successors.reshape(-1)),
-              cfg.p_successor / cfg.successors)
+    cluster = attrs["cluster"]
     in_cluster = (cluster[:, None] == cluster[None, :]) * pop[None, :]
-    probs += cfg.p_cluster * in_cluster / in_cluster.sum(axis=1, keepdims=True)
-    return probs + (1 - cfg.p_successor - cfg.p_cluster) * pop[None, :] / pop.sum()
+    return (cfg.p_successor * _successors(cfg, attrs)
+            + cfg.p_cluster * in_cluster / in_cluster.sum(axis=1, keepdims=True)
+            + (1 - cfg.p_successor - cfg.p_cluster) * pop[None, :] / pop.sum())
 
 
 def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, successors: np.ndarray,
@@ -122,7 +142,7 @@ def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, succe
         own = taste[np.arange(users), rng.integers(0, 2, users)]
         by_cluster = _sample_rows(cluster_probs[own], rng)
         by_popularity = _sample_rows(np.broadcast_to(pop, (users, n)), rng)
-        by_successor = successors[seq[:, t - 1], rng.integers(0, cfg.successors, users)]
+        by_successor = _sample_rows(successors[seq[:, t - 1]], rng)
         seq[:, t] = np.where(mode < cfg.p_successor, by_successor,
                              np.where(mode < cfg.p_successor + cfg.p_cluster, by_cluster, by_popularity))
     return seq, lengths
@@ -133,8 +153,7 @@ def _reviews(attrs: dict[str, np.ndarray], item: np.ndarray,
     titles, texts = [], []
     pick = rng.integers(0, 4, len(item))
     for k, (i, r) in enumerate(zip(item.tolist(), rating.tolist())):
-        _, products = CATEGORIES[attrs["cluster"][i]]
-        words = dict(p=products[attrs["product"][i]], m=MATERIALS[attrs["material"][i]],
+        words = dict(p=KINDS[attrs["cluster"][i]][attrs["product"][i]], m=MATERIALS[attrs["material"][i]],
                      f=FEATURES[attrs["feature"][i]])
         titles.append((POSITIVE if r >= 4 else NEGATIVE)[pick[k]].format(**words))
         verdict = "works well" if r >= 4 else "let me down"
@@ -148,7 +167,7 @@ def load(dataset: DatasetParams, ingest: IngestParams, raw_dir: Path, workdir: P
     rng = np.random.default_rng(cfg.seed)
     items, attrs = _items(cfg, rng)
     pop = _popularity(cfg, rng)
-    successors = _successors(cfg, attrs["cluster"], rng)
+    successors = _successors(cfg, attrs)
     seq, lengths = _sequences(cfg, attrs["cluster"], pop, successors, rng)
     mask = np.arange(cfg.max_length)[None, :] < lengths[:, None]
     user = np.broadcast_to(np.arange(cfg.n_users)[:, None], seq.shape)[mask]
