@@ -3,36 +3,24 @@
 `dvc metrics show` prints one table: a line per metrics file, a column per key of any file. It
 stays readable only while the files share a few keys, so the headline is:
 * `rows/<row>.json`, one per row, all with the same keys: test HR, NDCG and MRR at the compare
-  metric's K, the gain and p against the baseline, ms per user and parameters;
+  metric's K, the gain and p against the baseline, and parameters;
 * `eval.json`, the run's story in a line with the same columns where they apply: the best
   distilled row (its name, metric, gain and p, and its gain on tail items) and the best teacher
   (its name and gain).
-Everything else (intervals, every K, seeds, validation, buckets, training cost) is in `details.json`.
+Timings are not DVC metrics: they differ on every run, so every run would show as changed in
+`dvc exp show --only-changed`; ms per user is in report.md's headline table. Everything else
+(intervals, every K, seeds, validation, buckets, cost) is in `details.json`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from distillrec.evaluate.buckets import BucketReport
 
 
-def _sig(value: float, digits: int = 2) -> float:
-    """`value` to `digits` significant digits: timings jitter below that from run to run."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
-
-
 def _round(value: float | None, places: int = 4) -> float | None:
     return None if value is None else round(value, places)
-
-
-def ms_per_user(cost: dict[str, Any]) -> float:
-    """Batched scoring throughput as milliseconds per user (students: the evaluation batch;
-    teachers: their export, one pass over each user's history)."""
-    return 1000.0 / cost["users_per_second"]
 
 
 def headline_rows(table: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
@@ -43,7 +31,7 @@ def headline_rows(table: dict[str, Any], metric: str) -> dict[str, dict[str, Any
         versus = row.get("vs_baseline", {})
         rows[name] = {**{f"{m}@{k}": _round(row["test"][f"{m}@{k}"]) for m in ("hr", "ndcg", "mrr")},
                       "gain": _round(versus.get("gain")), "p": versus.get("p_value"),
-                      "ms_per_user": _sig(ms_per_user(row["cost"])), "params": int(row["cost"]["parameters"])}
+                      "params": int(row["cost"]["parameters"])}
     return rows
 
 

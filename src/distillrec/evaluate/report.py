@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,19 @@ from distillrec.evaluate.buckets import BucketReport
 from distillrec.evaluate.figures import write_figures
 from distillrec.evaluate.headline import headline_rows, story
 from distillrec.io import atomic_dir, atomic_file, write_json
+
+
+def significant(value: float, digits: int = 2) -> float:
+    """`value` to `digits` significant digits: timings jitter below that from run to run."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def ms_per_user(cost: dict[str, Any]) -> float:
+    """Batched scoring throughput as milliseconds per user (students: the evaluation batch;
+    teachers: their export, one pass over each user's history)."""
+    return 1000.0 / cost["users_per_second"]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -87,7 +101,7 @@ def headline_table(table: dict[str, Any], metric: str, buckets: BucketReport | N
             entry = buckets.rows[name]["tail"]
             cells += [_fmt(entry[buckets.metric]),
                       "" if entry.get("gain") is None else f"{100 * entry['gain']:+.1f}%"]
-        cells += [f"{row['ms_per_user']:g}", f"{row['params']:,}"]
+        cells += [f"{significant(ms_per_user(table[name]['cost'])):g}", f"{row['params']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
