@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -306,6 +307,16 @@ def test_logit_kd_residual_floor_spreads_the_left_over_probability(data, teacher
     with pytest.raises(DataError, match="not log-probabilities.*floor: margin"):  # scores 0, -0.5, ...: sum > 1
         build_distill_objective("logit_kd", cross_entropy, [teachers["full"]], data, model,
                                 full_catalogue=True, floor="residual")
+
+
+def test_top_k_above_the_teachers_list_is_used_as_k_with_a_warning(data, teachers, caplog):
+    model = make_student("sasrec", data.n_items)
+    k = 5   # the fixture's exports list 5 items per example
+    for method, top_k in (("logit_kd", 50), ("dllm2rec", 50)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            objective = build_distill_objective(method, cross_entropy, [teachers["full"]], data, model, top_k=top_k)
+        assert objective.top_k == k and f"not top_k={top_k}" in caplog.text, method
 
 
 def test_gate_switches_the_teacher_term_off_while_the_student_is_ahead(data, teachers):

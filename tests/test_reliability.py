@@ -307,3 +307,48 @@ def test_weights_only_refuses_a_pickle_in_model_pt_without_running_it(student, t
     with pytest.raises(SystemExit):
         cli_main(["recommend", "--model", str(student), "--history", "i01"])
     assert not (tmp_path / "ran").exists()
+
+
+# --- one writer per checkpoint folder -------------------------------------------------------------
+
+def test_a_checkpoint_folder_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
+    import os
+    import subprocess
+    import sys
+
+    from distillrec.io import LOCK, folder_lock
+
+    folder = tmp_path / "ckpt"
+    with folder_lock(folder):
+        assert (folder / LOCK).read_text() == str(os.getpid())
+        with pytest.raises(DataError, match=rf"{folder} is in use by process {os.getpid()}.*delete .*\.lock"):
+            with folder_lock(folder):
+                pass
+    assert not (folder / LOCK).exists()   # released
+    # a lock left by a process that no longer runs (a killed stage) is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (folder / LOCK).write_text(dead)
+    with caplog.at_level(logging.WARNING), folder_lock(folder):
+        assert (folder / LOCK).read_text() == str(os.getpid())
+    assert f"taking over the lock of process {dead}" in caplog.text and not (folder / LOCK).exists()
+
+
+def test_training_refuses_a_checkpoint_folder_another_run_is_writing(tmp_path, small_split):
+    import os
+
+    from distillrec.io import LOCK
+    from distillrec.params import Params, StudentParams, TrainParams
+    from distillrec.train.run import train_student
+
+    params = Params(student=StudentParams(hidden=16, layers=1, heads=1, max_length=10),
+                    train=TrainParams(epochs=1, seeds=[1]))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / LOCK).write_text(str(os.getppid()))   # a live process (pytest's parent) holds it
+    with pytest.raises(DataError, match="is in use by process"):
+        train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live", "none")
+    assert not (tmp_path / "out").exists()   # nothing written
+    (ckpt / LOCK).unlink()
+    train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live", "none")
+    assert not (ckpt / LOCK).exists() and (ckpt / "checkpoint.pt").is_file()

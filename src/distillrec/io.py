@@ -16,6 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distillrec.errors import DataError
+
+log = logging.getLogger(__name__)
+
 
 def setup_logging(level: int = logging.INFO) -> None:
     """One format for all stages; idempotent so tests can call stage mains repeatedly."""
@@ -83,3 +87,48 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+LOCK = ".lock"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str) -> Iterator[None]:
+    """One writer per checkpoint folder: `<folder>/.lock` holds the writer's pid.
+
+    A lock held by a live process is an error that names it (a `dvc repro` started while an
+    orphaned stage of a killed one still trains into the same folder); a lock left by a process
+    that no longer runs (a killed run) is taken over.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            text = path.read_text().strip() if path.exists() else ""
+            owner = int(text) if text.isdigit() else None
+            if owner is not None and _running(owner):
+                raise DataError(f"{folder} is in use by process {owner} (another run of this stage is writing "
+                                f"its checkpoint): wait for it or stop it; if no such run exists, delete {path}")
+            log.warning("%s: taking over the lock of process %s, which no longer runs", folder, owner)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

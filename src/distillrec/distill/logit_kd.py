@@ -14,6 +14,7 @@ T² keeps the gradient scale independent of T (Hinton et al. 2015).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 from distillrec.distill.lookup import DistillObjective, SharedEncode, Supervised, TeacherLookup, TermResult
 from distillrec.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def softened_kl(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -56,6 +59,9 @@ class LogitKD(DistillObjective):
             raise ValueError(f"floor must be 'margin' or 'residual', got {floor!r}")
         self.lookup, self.temperature, self.full_catalogue = lookup, temperature, full_catalogue
         self.top_k = lookup.k if top_k is None else min(top_k, lookup.k)
+        if top_k is not None and self.top_k < top_k:
+            log.warning("teacher %s lists %d items per example; logit KD uses %d, not top_k=%d",
+                        lookup.folder, lookup.k, self.top_k, top_k)
         self.floor_margin, self.residual = floor_margin, full_catalogue and floor == "residual"
         if self.residual:
             mass = lookup.scores.exp().sum(-1).max().item() if len(lookup.scores) else 0.0

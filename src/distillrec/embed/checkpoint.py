@@ -16,7 +16,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from distillrec.io import atomic_file
+from distillrec.io import LOCK, atomic_file
 
 log = logging.getLogger(__name__)
 VERSION = 1   # bump when the computation changes in a way params do not show
@@ -63,10 +63,11 @@ def load_chunk(folder: Path, k: int, key: str, items: np.ndarray) -> np.ndarray 
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Remove every file but chunk-0..chunk-<keep - 1> (all of which this run wrote or verified)."""
+    """Remove every file but chunk-0..chunk-<keep - 1> (all of which this run wrote or verified) and
+    the writer's lock."""
     if not folder.is_dir():
         return
-    wanted = {chunk_path(folder, k).name for k in range(keep)}
+    wanted = {chunk_path(folder, k).name for k in range(keep)} | {LOCK}
     for path in folder.iterdir():
         if path.is_file() and path.name not in wanted:
             path.unlink()

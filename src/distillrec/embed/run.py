@@ -29,6 +29,7 @@ from distillrec.embed.store import write_item_embeddings
 from distillrec.embed.text import ItemInputs, item_texts
 from distillrec.errors import DataError, ParamsError
 from distillrec.hf import resolve_device, resolve_precision
+from distillrec.io import folder_lock
 from distillrec.params import EmbedParams, Params
 
 log = logging.getLogger(__name__)
@@ -71,45 +72,46 @@ def embed_texts(cfg: EmbedParams, texts: list[str], checkpoint_dir: Path | str, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        started = time.perf_counter()
-        with local_source(cfg) as source:
-            tokenizer = load_tokenizer(source, texts)
-            inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
-            lengths = inputs.lengths
-            body, identity = load_body(source, tokenizer, int(lengths.max(initial=1)), dtype)
-        if packaged.is_packaged(cfg.model):
-            identity = packaged.identity(cfg.model, cfg.sha256)
-        body.to(device)
-        loaded = time.perf_counter() - started
-        key = checkpoint.fingerprint(params=cfg.model_dump(mode="json"), device=device.type, dtype=str(dtype),
-                                     model=identity, texts=checkpoint.texts_digest(texts))
-        order = inputs.order()
-        chunks = [order[lo:lo + cfg.chunk_items] for lo in range(0, len(order), cfg.chunk_items)]
-        vectors = np.zeros((len(texts), hidden_size(body)), np.float32)
-        todo = []
-        for k, rows in enumerate(chunks):
-            cached = checkpoint.load_chunk(checkpoint_dir, k, key, rows + 1)
-            if cached is None or cached.shape[1] != vectors.shape[1]:
-                todo.append(k)
-            else:
-                vectors[rows] = cached
-        resumed = sum(len(chunks[k]) for k in range(len(chunks)) if k not in todo)
-        if resumed:
-            log.info("resuming: %d of %d items read from %d chunk(s) in %s", resumed, len(texts),
-                     len(chunks) - len(todo), checkpoint_dir)
-        started = time.perf_counter()
-        with tqdm(total=len(texts), initial=resumed, unit="item", desc=f"embed_items {name}".strip(),
-                  disable=None) as progress:
-            for k in todo:
-                vectors[chunks[k]] = _encode_chunk(body, inputs, chunks[k], cfg, device, progress)
-                if not np.isfinite(vectors[chunks[k]]).all():
-                    raise DataError(f"embed model {cfg.model or 'config-built BERT'} produced NaN or inf vectors "
-                                    f"(precision {dtype}): try precision: fp32")
-                checkpoint.save_chunk(checkpoint_dir, k, key, chunks[k] + 1, vectors[chunks[k]])
-        seconds = time.perf_counter() - started
-        checkpoint.prune(checkpoint_dir, len(chunks))
-        computed = len(texts) - resumed
-        used_threads = torch.get_num_threads()
+        with folder_lock(checkpoint_dir):   # one writer of the chunks
+            started = time.perf_counter()
+            with local_source(cfg) as source:
+                tokenizer = load_tokenizer(source, texts)
+                inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
+                lengths = inputs.lengths
+                body, identity = load_body(source, tokenizer, int(lengths.max(initial=1)), dtype)
+            if packaged.is_packaged(cfg.model):
+                identity = packaged.identity(cfg.model, cfg.sha256)
+            body.to(device)
+            loaded = time.perf_counter() - started
+            key = checkpoint.fingerprint(params=cfg.model_dump(mode="json"), device=device.type, dtype=str(dtype),
+                                         model=identity, texts=checkpoint.texts_digest(texts))
+            order = inputs.order()
+            chunks = [order[lo:lo + cfg.chunk_items] for lo in range(0, len(order), cfg.chunk_items)]
+            vectors = np.zeros((len(texts), hidden_size(body)), np.float32)
+            todo = []
+            for k, rows in enumerate(chunks):
+                cached = checkpoint.load_chunk(checkpoint_dir, k, key, rows + 1)
+                if cached is None or cached.shape[1] != vectors.shape[1]:
+                    todo.append(k)
+                else:
+                    vectors[rows] = cached
+            resumed = sum(len(chunks[k]) for k in range(len(chunks)) if k not in todo)
+            if resumed:
+                log.info("resuming: %d of %d items read from %d chunk(s) in %s", resumed, len(texts),
+                         len(chunks) - len(todo), checkpoint_dir)
+            started = time.perf_counter()
+            with tqdm(total=len(texts), initial=resumed, unit="item", desc=f"embed_items {name}".strip(),
+                      disable=None) as progress:
+                for k in todo:
+                    vectors[chunks[k]] = _encode_chunk(body, inputs, chunks[k], cfg, device, progress)
+                    if not np.isfinite(vectors[chunks[k]]).all():
+                        raise DataError(f"embed model {cfg.model or 'config-built BERT'} produced NaN or inf vectors "
+                                        f"(precision {dtype}): try precision: fp32")
+                    checkpoint.save_chunk(checkpoint_dir, k, key, chunks[k] + 1, vectors[chunks[k]])
+            seconds = time.perf_counter() - started
+            checkpoint.prune(checkpoint_dir, len(chunks))
+            computed = len(texts) - resumed
+            used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
     if cfg.normalize:

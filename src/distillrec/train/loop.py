@@ -25,7 +25,7 @@ from dvclive import Live
 from tqdm import tqdm
 
 from distillrec.errors import DataError
-from distillrec.io import atomic_file
+from distillrec.io import atomic_file, folder_lock
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -158,6 +158,11 @@ class Loop:
     def run(self) -> FitState:
         """Train until patience runs out or `epochs`; leaves the best weights in the module."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        # one writer per checkpoint: data-parallel workers read it but only the main process writes
+        with folder_lock(self.checkpoint_dir) if self.is_main else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> FitState:
         torch.manual_seed(self.cfg.seed)
         resumed = self._try_resume()
         metric = self.cfg.select_metric
