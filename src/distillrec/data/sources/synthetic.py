@@ -15,6 +15,7 @@ Reviews mention the item's kind, material and feature (material for explanation 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +92,56 @@ def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1)
 
 
-def _successors(cfg: SyntheticParams, attrs: dict[str, np.ndarray]) -> np.ndarray:
-    """[N, N] P(next | previous) of the successor move: uniform over the previous item's group.
+@dataclasses.dataclass(frozen=True)
+class Groups:
+    """Each item's successor group, stored once per distinct group (memory O(N), not O(N²)).
 
-    The group is what its text says goes with it: the items of its hobby whose kind goes with its
-    kind, narrowed to its own brand when at least `successors` such items exist (in a catalogue
-    too small for that, the widest of these sets that has them, down to the whole hobby).
+    An item's group is what its text says goes with it: the items of its hobby whose kind goes
+    with its kind, narrowed to its own brand when at least `successors` such items exist (in a
+    catalogue too small for that, the widest of these sets that has them, down to the whole hobby).
+    The successor move draws uniformly from the group.
     """
+
+    of: np.ndarray       # [N] group of each item
+    members: np.ndarray  # [G, L] item indices, padded with 0
+    sizes: np.ndarray    # [G]
+
+    def sample(self, previous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One successor per previous item: `_sample_rows` on the dense uniform rows, without them."""
+        group = self.of[previous]
+        sizes = self.sizes[group]
+        cdf = np.cumsum(np.where(np.arange(self.members.shape[1]) < sizes[:, None], 1.0 / sizes[:, None], 0.0), axis=1)
+        u = rng.random((len(previous), 1)) * cdf[np.arange(len(previous)), sizes - 1][:, None]
+        taken = np.minimum((cdf < u).sum(axis=1), sizes - 1)   # padding holds the total: never < u
+        return self.members[group, taken]
+
+    def dense(self) -> np.ndarray:
+        """[N, N] the uniform rows (tests' oracle teachers; small catalogues only)."""
+        probs = np.zeros((len(self.of), len(self.of)))
+        for item, group in enumerate(self.of):
+            probs[item, self.members[group, : self.sizes[group]]] = 1.0 / self.sizes[group]
+        return probs
+
+
+def _successors(cfg: SyntheticParams, attrs: dict[str, np.ndarray]) -> Groups:
     cluster, kind, brand = attrs["cluster"], attrs["product"], attrs["brand"]
-    probs = np.zeros((cfg.n_items, cfg.n_items))
+    pools: dict[tuple[int, int, int], int] = {}
+    members, of = [], np.zeros(cfg.n_items, dtype=np.int64)
     for i in range(cfg.n_items):
-        pool = np.flatnonzero(cluster == cluster[i])
-        goes_with = pool[np.isin(kind[pool], GOES_WITH[kind[i]])]
-        pool = goes_with if len(goes_with) >= cfg.successors else pool
-        own_brand = pool[brand[pool] == brand[i]]
-        pool = own_brand if len(own_brand) >= cfg.successors else pool
-        probs[i, pool] = 1.0 / len(pool)
-    return probs
+        key = (int(cluster[i]), int(kind[i]), int(brand[i]))   # items with one key share one group
+        if key not in pools:
+            pool = np.flatnonzero(cluster == cluster[i])
+            goes_with = pool[np.isin(kind[pool], GOES_WITH[kind[i]])]
+            pool = goes_with if len(goes_with) >= cfg.successors else pool
+            own_brand = pool[brand[pool] == brand[i]]
+            pools[key] = len(members)
+            members.append(own_brand if len(own_brand) >= cfg.successors else pool)
+        of[i] = pools[key]
+    sizes = np.array([len(m) for m in members])
+    padded = np.zeros((len(members), sizes.max()), dtype=np.int64)
+    for g, m in enumerate(members):
+        padded[g, : len(m)] = m
+    return Groups(of, padded, sizes)
 
 
 def next_item_probabilities(cfg: SyntheticParams) -> np.ndarray:
@@ -121,12 +155,12 @@ def next_item_probabilities(cfg: SyntheticParams) -> np.ndarray:
     pop = _popularity(cfg, rng)
     cluster = attrs["cluster"]
     in_cluster = (cluster[:, None] == cluster[None, :]) * pop[None, :]
-    return (cfg.p_successor * _successors(cfg, attrs)
+    return (cfg.p_successor * _successors(cfg, attrs).dense()
             + cfg.p_cluster * in_cluster / in_cluster.sum(axis=1, keepdims=True)
             + (1 - cfg.p_successor - cfg.p_cluster) * pop[None, :] / pop.sum())
 
 
-def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, successors: np.ndarray,
+def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, successors: Groups,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Simulate all users in parallel, one step at a time; returns (items [U, T], lengths)."""
     n, users, steps = cfg.n_items, cfg.n_users, cfg.max_length
@@ -142,7 +176,7 @@ def _sequences(cfg: SyntheticParams, cluster: np.ndarray, pop: np.ndarray, succe
         own = taste[np.arange(users), rng.integers(0, 2, users)]
         by_cluster = _sample_rows(cluster_probs[own], rng)
         by_popularity = _sample_rows(np.broadcast_to(pop, (users, n)), rng)
-        by_successor = _sample_rows(successors[seq[:, t - 1]], rng)
+        by_successor = successors.sample(seq[:, t - 1], rng)
         seq[:, t] = np.where(mode < cfg.p_successor, by_successor,
                              np.where(mode < cfg.p_successor + cfg.p_cluster, by_cluster, by_popularity))
     return seq, lengths
