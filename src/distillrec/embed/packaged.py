@@ -12,7 +12,6 @@ that lives only as long as the embedding run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import tempfile
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from distillrec.errors import DataError
+from distillrec.io import sha256_stream
 
 PREFIX = "package:"
 WEIGHTS = ("model.safetensors",)
@@ -46,21 +46,13 @@ def _archive(spec: str) -> tuple[Path, str]:
     return path, f"{dists[0]}=={importlib.metadata.version(dists[0])}" if dists else module
 
 
-def identity(spec: str, sha256: str) -> dict[str, str]:
-    """What the embedding chunks' fingerprint keys on: the distribution and the verified digest."""
-    return {"package": _archive(spec)[1], "sha256": sha256}
-
-
-def _digest(handle) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
-def unpacked(spec: str, sha256: str) -> Iterator[Path]:
-    """Verify the archive's weights file against `sha256`, then unpack it into a temporary folder."""
+def unpacked(spec: str, sha256: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """Verify the archive's weights file against `sha256`, then unpack it into a temporary folder.
+
+    Yields the model folder and its identity (what the embedding chunks' fingerprint keys on: the
+    distribution that ships the archive and the verified digest).
+    """
     path, dist = _archive(spec)
     try:
         archive = zipfile.ZipFile(path)
@@ -75,9 +67,9 @@ def unpacked(spec: str, sha256: str) -> Iterator[Path]:
         if len(weights) != 1:
             raise DataError(f"embed model {spec!r}: expected one of {WEIGHTS} in {path}, found {weights}")
         with archive.open(weights[0]) as handle:
-            actual = _digest(handle)
+            actual = sha256_stream(handle)
         if actual != sha256.lower():
             raise DataError(f"embed model {spec!r} ({dist}): {weights[0]} has sha256 {actual}, expected "
                             f"{sha256} (embed.sha256); refusing to load weights that are not the pinned ones")
         archive.extractall(tmp)
-        yield Path(tmp) / PurePosixPath(weights[0]).parent
+        yield Path(tmp) / PurePosixPath(weights[0]).parent, {"package": dist, "sha256": sha256}

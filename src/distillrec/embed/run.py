@@ -22,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from distillrec.embed import checkpoint
-from distillrec.embed import packaged
 from distillrec.embed.models import hidden_size, load_body, load_tokenizer, local_source
 from distillrec.embed.pooling import pool
 from distillrec.embed.store import write_item_embeddings
@@ -72,46 +71,44 @@ def embed_texts(cfg: EmbedParams, texts: list[str], checkpoint_dir: Path | str, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        with folder_lock(checkpoint_dir):   # one writer of the chunks
-            started = time.perf_counter()
-            with local_source(cfg) as source:
-                tokenizer = load_tokenizer(source, texts)
-                inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
-                lengths = inputs.lengths
-                body, identity = load_body(source, tokenizer, int(lengths.max(initial=1)), dtype)
-            if packaged.is_packaged(cfg.model):
-                identity = packaged.identity(cfg.model, cfg.sha256)
-            body.to(device)
-            loaded = time.perf_counter() - started
-            key = checkpoint.fingerprint(params=cfg.model_dump(mode="json"), device=device.type, dtype=str(dtype),
-                                         model=identity, texts=checkpoint.texts_digest(texts))
-            order = inputs.order()
-            chunks = [order[lo:lo + cfg.chunk_items] for lo in range(0, len(order), cfg.chunk_items)]
-            vectors = np.zeros((len(texts), hidden_size(body)), np.float32)
-            todo = []
-            for k, rows in enumerate(chunks):
-                cached = checkpoint.load_chunk(checkpoint_dir, k, key, rows + 1)
-                if cached is None or cached.shape[1] != vectors.shape[1]:
-                    todo.append(k)
-                else:
-                    vectors[rows] = cached
-            resumed = sum(len(chunks[k]) for k in range(len(chunks)) if k not in todo)
-            if resumed:
-                log.info("resuming: %d of %d items read from %d chunk(s) in %s", resumed, len(texts),
-                         len(chunks) - len(todo), checkpoint_dir)
-            started = time.perf_counter()
-            with tqdm(total=len(texts), initial=resumed, unit="item", desc=f"embed_items {name}".strip(),
-                      disable=None) as progress:
-                for k in todo:
-                    vectors[chunks[k]] = _encode_chunk(body, inputs, chunks[k], cfg, device, progress)
-                    if not np.isfinite(vectors[chunks[k]]).all():
-                        raise DataError(f"embed model {cfg.model or 'config-built BERT'} produced NaN or inf vectors "
-                                        f"(precision {dtype}): try precision: fp32")
-                    checkpoint.save_chunk(checkpoint_dir, k, key, chunks[k] + 1, vectors[chunks[k]])
-            seconds = time.perf_counter() - started
-            checkpoint.prune(checkpoint_dir, len(chunks))
-            computed = len(texts) - resumed
-            used_threads = torch.get_num_threads()
+        started = time.perf_counter()
+        with local_source(cfg) as (source, pinned):
+            tokenizer = load_tokenizer(source, texts)
+            inputs = ItemInputs.build(tokenizer, texts, cfg.max_tokens, cfg.prompt)
+            lengths = inputs.lengths
+            body, identity = load_body(source, tokenizer, int(lengths.max(initial=1)), dtype)
+        identity = pinned or identity
+        body.to(device)
+        loaded = time.perf_counter() - started
+        key = checkpoint.fingerprint(params=cfg.model_dump(mode="json"), device=device.type, dtype=str(dtype),
+                                     model=identity, texts=checkpoint.texts_digest(texts))
+        order = inputs.order()
+        chunks = [order[lo:lo + cfg.chunk_items] for lo in range(0, len(order), cfg.chunk_items)]
+        vectors = np.zeros((len(texts), hidden_size(body)), np.float32)
+        todo = []
+        for k, rows in enumerate(chunks):
+            cached = checkpoint.load_chunk(checkpoint_dir, k, key, rows + 1)
+            if cached is None or cached.shape[1] != vectors.shape[1]:
+                todo.append(k)
+            else:
+                vectors[rows] = cached
+        resumed = sum(len(chunks[k]) for k in range(len(chunks)) if k not in todo)
+        if resumed:
+            log.info("resuming: %d of %d items read from %d chunk(s) in %s", resumed, len(texts),
+                     len(chunks) - len(todo), checkpoint_dir)
+        started = time.perf_counter()
+        with tqdm(total=len(texts), initial=resumed, unit="item", desc=f"embed_items {name}".strip(),
+                  disable=None) as progress:
+            for k in todo:
+                vectors[chunks[k]] = _encode_chunk(body, inputs, chunks[k], cfg, device, progress)
+                if not np.isfinite(vectors[chunks[k]]).all():
+                    raise DataError(f"embed model {cfg.model or 'config-built BERT'} produced NaN or inf vectors "
+                                    f"(precision {dtype}): try precision: fp32")
+                checkpoint.save_chunk(checkpoint_dir, k, key, chunks[k] + 1, vectors[chunks[k]])
+        seconds = time.perf_counter() - started
+        checkpoint.prune(checkpoint_dir, len(chunks))
+        computed = len(texts) - resumed
+        used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
     if cfg.normalize:
@@ -151,7 +148,8 @@ def embed_items(params: Params, name: str, processed_dir: Path | str, out_dir: P
     if not path.is_file():
         raise DataError(f"{path} not found: run the `split` stage first")
     texts = catalogue_texts(pl.read_parquet(path), list(cfg.fields))
-    result = embed_texts(cfg, texts, checkpoint_dir, name)
+    with folder_lock(checkpoint_dir):   # one writer of the chunks
+        result = embed_texts(cfg, texts, checkpoint_dir, name)
     stats = result.stats
     card = {"name": name, "model": cfg.model or "config-built BERT", "kind": cfg.kind, "pooling": cfg.pooling,
             "prompt": cfg.prompt, "fields": list(cfg.fields), "max_tokens": cfg.max_tokens,
