@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from distillrec.train.metrics import metric_per_example, metrics_from_ranks, target_ranks
+from distillrec.train.ranking import Scorer, chunked_ranks
 
 MIN = torch.finfo(torch.float32).min
 
@@ -48,3 +49,22 @@ def test_k_larger_than_catalogue_hits_everything():
     assert ranks.item() == 3
     assert metrics_from_ranks(ranks, [50])["hr@50"] == 1.0
     assert metric_per_example(ranks, "ndcg@50").item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 50])
+def test_ranking_a_slice_at_a_time_equals_ranking_all_at_once(chunk):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (40, 21), generator=g).float()  # many ties
+    scores[:, 0] = torch.finfo(torch.float32).min
+    scores[3, 7] = float("nan")
+    targets = torch.randint(1, 21, (40,), generator=g)
+    targets[3] = 7                                              # a NaN target ranks last
+    row = torch.randint(0, 40, (60,), generator=g)
+    item = torch.randint(1, 21, (60,), generator=g)
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    exclude[row, item] = True
+    scorer = Scorer(lambda history: scores, lambda every, start, stop: every[:, start:stop], 20)
+    expected = target_ranks(scores, targets, exclude)
+    assert expected[3] == 20
+    assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, (row, item), chunk), expected)
+    assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, None, chunk), target_ranks(scores, targets))

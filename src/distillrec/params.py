@@ -121,12 +121,36 @@ def _check_metric(name: str) -> str:
     return name
 
 
-class TrainParams(Section):
+class ObjectiveFields(Section):
+    """The loss of a student-architecture model (students; id, text and fusion teachers) and how its
+    training windows are batched (docs/methods.md §5)."""
+
+    objective: Literal["ce", "bce", "sampled_softmax", "gbce"] = Field(
+        "ce", description="ce: softmax over the full catalogue; bce: per-target sampled negatives; "
+                          "sampled_softmax / gbce: negatives shared by the batch (large catalogues)")
+    negatives: int = Field(1, ge=1, description="bce: negatives per target; sampled_softmax/gbce: per batch")
+    sampler: Literal["uniform", "popularity"] = Field(
+        "uniform", description="sampled_softmax: uniform, or by training popularity with logQ correction")
+    gbce_t: float = Field(0.75, ge=0.0, le=1.0, description="gbce calibration t (gSASRec; 0 = plain BCE)")
+    batching: Literal["shuffle", "bucketed"] = Field(
+        "shuffle", description="bucketed: windows of similar length share a batch (less padding)")
+
+    @model_validator(mode="after")
+    def _check_objective(self) -> ObjectiveFields:
+        if self.objective in ("sampled_softmax", "gbce") and self.negatives < 2:
+            raise ValueError(f"objective {self.objective} shares `negatives` across the batch: "
+                             f"negatives={self.negatives} is too few (e.g. 256)")
+        if self.sampler == "popularity" and self.objective != "sampled_softmax":
+            raise ValueError(f"sampler: popularity applies to objective sampled_softmax, not {self.objective}")
+        return self
+
+
+STUDENT_TRAINING = tuple(ObjectiveFields.model_fields)
+
+
+class TrainParams(ObjectiveFields):
     """Optimisation of a student; model selection uses the validation split only."""
 
-    objective: Literal["ce", "bce"] = Field(
-        "ce", description="ce: softmax over the full catalogue; bce: sampled negatives")
-    negatives: int = Field(1, ge=1, description="Negatives per target for bce")
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(64, ge=1, description="Training windows per step")
@@ -175,8 +199,9 @@ class ModelConfigParams(Section):
         return self
 
 
-class TeacherTrainParams(Section):
-    """Optimisation of a teacher; the epoch is selected on the validation loss."""
+class TeacherTrainParams(ObjectiveFields):
+    """Optimisation of a teacher; the epoch is selected on the validation loss. The objective fields
+    apply to the teachers built on a student architecture (id, text, fusion) only."""
 
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -410,6 +435,11 @@ class TeacherParams(Section):
         if self.family == "import" and (self.imported.path is None or (
                 self.imported.format == "dllm2rec" and self.imported.rows is None)):
             raise ValueError("family import needs imported.path (and imported.rows for format dllm2rec)")
+        changed = [f"train.{name}" for name in STUDENT_TRAINING
+                   if getattr(self.train, name) != ObjectiveFields.model_fields[name].default]
+        if changed and self.family not in ("id", "text", "fusion"):
+            raise ValueError(f"{', '.join(changed)} apply to families id, text and fusion only; family "
+                             f"{self.family} has its own losses: leave them at their defaults")
         if self.family == "seq2seq" and "sequential" not in self.seq2seq.tasks:
             raise ValueError("seq2seq.tasks must include 'sequential': the export ranks items with it")
         return self

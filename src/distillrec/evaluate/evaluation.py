@@ -24,7 +24,7 @@ from distillrec.evaluate.text_metrics import explanation_metrics
 from distillrec.params import EvaluateParams
 from distillrec.teachers.export import TeacherExport
 from distillrec.train.metrics import metrics_from_ranks
-from distillrec.train.ranking import Scorer, rank_split, student_scorer
+from distillrec.train.ranking import Scorer, rank_split, student_scorer, table_scorer
 from distillrec.students.saved import load_student
 from distillrec.hf import resolve_device
 
@@ -39,8 +39,7 @@ def popularity_scores(data: SplitData) -> torch.Tensor:
 
 
 def popularity_scorer(data: SplitData) -> Scorer:
-    scores = popularity_scores(data)
-    return lambda history: scores.to(history.device).expand(len(history), -1)
+    return table_scorer(popularity_scores(data))
 
 
 class Evaluator:

@@ -79,6 +79,9 @@ class Student(nn.Module, ABC):
         # history [B, L] -> [B, L, d] added to the input item vectors; 0 at padding. The module
         # must have `offsets()` -> [rows, d] so that `saved.save_student` can fold it.
         self.item_adapter: nn.Module | None = None
+        # [N + 1] bool: items the training objective must not score (a text teacher's items that no
+        # training sequence holds); None = every item. Eval-mode scores always cover every item.
+        self.unseen: torch.Tensor | None = None
 
     def embed_items(self, history: torch.Tensor) -> torch.Tensor:
         """Input item vectors [B, L, d]: the item table plus the adapter's offset, if any."""
@@ -99,6 +102,8 @@ class Student(nn.Module, ABC):
         """Logits over all items [..., n_items + 1]; column 0 (padding) is the dtype's minimum."""
         logits = states @ self.item_embeddings().T
         logits[..., 0] = torch.finfo(logits.dtype).min  # in place: the matmul's backward needs no output
+        if self.training and self.unseen is not None:
+            logits = logits.masked_fill(self.unseen, torch.finfo(logits.dtype).min)
         return logits
 
     def training_pair(

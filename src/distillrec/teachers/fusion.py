@@ -37,7 +37,7 @@ from distillrec.teachers.export import ExportTables
 from distillrec.teachers.itemtext import weights_key
 from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.train.loop import FitState
-from distillrec.train.objectives import cross_entropy
+from distillrec.train.objectives import build_objective
 from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,9 @@ class FusionTeacher(Teacher):
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
         f = self.cfg.fusion
         self.module.leave_out_unseen(data)
-        trainer = Trainer(self.module, data.split, sasrec_params(f), train_params(self.cfg, f.window_stride),
-                          cross_entropy, checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
+        train = train_params(self.cfg, f.window_stride)
+        trainer = Trainer(self.module, data.split, sasrec_params(f), train, build_objective(train, data.split),
+                          checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
         return trainer.fit()
 
     def save(self, folder: Path) -> None:

@@ -22,7 +22,7 @@ from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
 from distillrec.teachers.studentbacked import export_student, train_params
 from distillrec.train.loop import FitState
-from distillrec.train.objectives import cross_entropy
+from distillrec.train.objectives import build_objective
 from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class IdTeacher(Teacher):
         return cls(cfg, build_student(cfg.id, data.n_items))
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        trainer = Trainer(self.module, data.split, self.cfg.id, train_params(self.cfg, self.cfg.id.window_stride),
-                          cross_entropy, checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
+        train = train_params(self.cfg, self.cfg.id.window_stride)
+        trainer = Trainer(self.module, data.split, self.cfg.id, train, build_objective(train, data.split),
+                          checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
         state = trainer.fit()
         student = StudentParams.model_validate(self.cfg.id.model_dump(exclude={"window_stride"}))
         self.meta = {"student": student.model_dump(mode="json"), "n_items": data.n_items,

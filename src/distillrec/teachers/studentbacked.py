@@ -1,6 +1,6 @@
 """What the teachers built on a student architecture share (`id`, `text`, `fusion`).
 
-They train with the students' trainer (full-catalogue CE, validation selection, checkpoints) and
+They train with the students' trainer (the students' objectives, validation selection, checkpoints) and
 export alike: log-softmax top-K over the whole catalogue, the scored item table, and the state
 that scores each history. The text and fusion teachers replace the SASRec's id embedding with an
 item module (`TableSASRec`), whose language-model part goes through UniSRec's adaptor (`MoEAdaptor`).
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TrainParams
+from distillrec.params import STUDENT_TRAINING, StudentParams, TeacherExportParams, TeacherParams, TrainParams
 from distillrec.students import Student
 from distillrec.students.base import trim_padding
 from distillrec.students.sasrec import SASRec
@@ -30,7 +30,7 @@ SCORE = "log-softmax of the model's logit over the full catalogue; higher = bett
 def train_params(cfg: TeacherParams, window_stride: int | None) -> TrainParams:
     """The students' trainer settings from the teacher's `train` section."""
     t = cfg.train
-    return TrainParams(lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
+    return TrainParams(**{name: getattr(t, name) for name in STUDENT_TRAINING}, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
                        patience=t.patience, seeds=[t.seed], device=t.device, threads=t.threads,
                        window_stride=window_stride)
 
@@ -97,23 +97,16 @@ class TableSASRec(SASRec):
     """The students' SASRec with an item module (`table()` [N + 1, d], `forward(history)`) in place
     of its id embedding, for input and scoring alike: the text and fusion teachers.
 
-    `unseen` [N + 1] bool marks items that no training sequence holds: in training mode they are
-    not scored (like padding); in eval mode every item is.
+    Items that no training sequence holds are marked `unseen` (`Student.score`): they are left out
+    of the training softmax and never drawn as negatives, so only their text places them.
     """
 
     def __init__(self, params: StudentParams, n_items: int, items: nn.Module):
         super().__init__(n_items, params)
         self.items = items
-        self.unseen: torch.Tensor | None = None
 
     def item_embeddings(self) -> torch.Tensor:
         return self.items.table()
-
-    def score(self, states: torch.Tensor) -> torch.Tensor:
-        logits = super().score(states)
-        if self.training and self.unseen is not None:
-            logits = logits.masked_fill(self.unseen, torch.finfo(logits.dtype).min)
-        return logits
 
     def leave_out_unseen(self, data: TeacherData) -> None:
         """Items that occur in no training sequence are left out of the training softmax."""

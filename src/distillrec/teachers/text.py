@@ -5,7 +5,7 @@ the adaptor being UniSRec's mixture of parametric-whitening experts (`MoEAdaptor
 SASRec reads history vectors from that table and scores every item with it (logits = states @ table^T,
 item 0 never scored), trained by the students' trainer: CE over the full catalogue, validation-NDCG
 selection, checkpoints. Nothing is learned per item id, so an item never seen in training is ranked
-from its text alone. Such items are left out of the training softmax (`TableSASRec.unseen`): as
+from its text alone. Such items are left out of the training softmax (`Student.unseen`): as
 constant negatives that are never a target they would be pushed below every trained item (on
 ml-100k, held-out items then ranked at the median 1084 of 1572, worse than chance).
 
@@ -45,7 +45,7 @@ from distillrec.teachers.export import ExportTables
 from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, weights_key
 from distillrec.train.loop import FitState
-from distillrec.train.objectives import Batch, Objective, cross_entropy
+from distillrec.train.objectives import Batch, Objective, build_objective
 from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,10 @@ class TextTeacher(Teacher):
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
         text = self.cfg.text
         self.module.leave_out_unseen(data)
-        trainer = TextTrainer(self.module, data.split, sasrec_params(text), train_params(self.cfg, text.window_stride),
-                              with_text_rows(cross_entropy), checkpoint_dir, live_dir, run_id, self.cfg.train.seed,
+        train = train_params(self.cfg, text.window_stride)
+        trainer = TextTrainer(self.module, data.split, sasrec_params(text), train,
+                              with_text_rows(build_objective(train, data.split)), checkpoint_dir, live_dir, run_id,
+                              self.cfg.train.seed,
                               encoder_lr=text.encoder_lr)
         state = trainer.fit()
         log.info("text teacher: %d catalogue passes of the encoder for %d epochs", self.encoder.passes, state.epoch)

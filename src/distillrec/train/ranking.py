@@ -1,8 +1,16 @@
-"""Rank every target of a split against the full catalogue with a student (or any scorer)."""
+"""Rank every target of a split against the full catalogue with a student (or any scorer).
+
+Scores are computed a slice of the catalogue at a time (`SCORE_BUDGET` floats per slice), so
+ranking 10^6 items needs memory for one slice, not for batch x catalogue. The rank is exact and
+follows `train.metrics.target_ranks` (ties count against the model): a first pass reads each
+target's score from the slice that holds it, a second counts the items that score at least as much.
+A catalogue that fits one slice is ranked in one pass, as `target_ranks` does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,11 +19,76 @@ from distillrec.data.splitdata import SplitData
 from distillrec.students.base import Student, trim_padding
 from distillrec.train.metrics import target_ranks
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]  # left-padded histories [B, L] → scores [B, N+1]
+SCORE_BUDGET = 2 ** 26  # scores held at once while ranking (256 MiB of float32)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """encode: left-padded histories [B, L] -> what `scores` reads (a student's states);
+    scores: (encoded, start, stop) -> [B, stop - start] scores of items start..stop-1 (item 0 = padding)."""
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    scores: Callable[[torch.Tensor, int, int], torch.Tensor]
+    n_items: int
+
+    def __call__(self, history: torch.Tensor) -> torch.Tensor:
+        """Scores [B, N + 1] of the whole catalogue."""
+        return self.scores(self.encode(history), 0, self.n_items + 1)
 
 
 def student_scorer(model: Student) -> Scorer:
-    return lambda history: model.score(model.user_states(history))
+    def scores(states: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        out = states @ model.item_embeddings()[start:stop].T
+        if start == 0:
+            out[:, 0] = torch.finfo(out.dtype).min
+        return out
+
+    return Scorer(model.user_states, scores, model.n_items)
+
+
+def table_scorer(table: torch.Tensor) -> Scorer:
+    """The same scores [N + 1] for every history (popularity)."""
+    return Scorer(lambda history: table.to(history.device).expand(len(history), -1),
+                  lambda every, start, stop: every[:, start:stop], len(table) - 1)
+
+
+def chunked_ranks(scorer: Scorer, encoded: torch.Tensor, targets: torch.Tensor,
+                  exclude: tuple[torch.Tensor, torch.Tensor] | None, chunk: int) -> torch.Tensor:
+    """`target_ranks` over slices of `chunk` items; exclude = (row, item) pairs removed from the ranking."""
+    columns = scorer.n_items + 1
+    device = targets.device
+
+    def mask(start: int, stop: int, width: int) -> torch.Tensor | None:
+        if exclude is None:
+            return None
+        row, item = exclude
+        inside = (item >= start) & (item < stop)
+        out = torch.zeros((len(targets), width), dtype=torch.bool, device=device)
+        out[row[inside], item[inside] - start] = True
+        return out
+
+    if columns <= chunk:
+        return target_ranks(scorer.scores(encoded, 0, columns).float(), targets, mask(0, columns, columns))
+    target_score = torch.empty(len(targets), device=device)
+    for start in range(0, columns, chunk):
+        stop = min(start + chunk, columns)
+        inside = (targets >= start) & (targets < stop)
+        if inside.any():
+            scores = scorer.scores(encoded, start, stop).float()
+            target_score[inside] = scores[inside, targets[inside] - start]
+    beats = torch.zeros(len(targets), dtype=torch.long, device=device)
+    for start in range(0, columns, chunk):
+        stop = min(start + chunk, columns)
+        above = scorer.scores(encoded, start, stop).float() >= target_score[:, None]
+        if start == 0:
+            above[:, 0] = False  # padding
+        removed = mask(start, stop, stop - start)
+        if removed is not None:
+            above &= ~removed
+        inside = (targets >= start) & (targets < stop)
+        above[inside, targets[inside] - start] = False  # the target itself
+        beats += above.sum(1)
+    return torch.where(target_score.isnan(), scorer.n_items, 1 + beats)
 
 
 @torch.no_grad()
@@ -23,16 +96,15 @@ def rank_split(scorer: Scorer, data: SplitData, split: str, max_length: int, bat
                device: torch.device, exclude_history: bool = False) -> tuple[np.ndarray, torch.Tensor]:
     """(user_idx, 1-based rank) of each target of `split`; the caller puts models in eval mode."""
     users, positions, items = data.targets(split)
+    chunk = max(1024, SCORE_BUDGET // batch_size)
     ranks = []
     for start in range(0, len(users), batch_size):
         u, p = users[start:start + batch_size], positions[start:start + batch_size]
         history, = trim_padding(torch.as_tensor(data.histories(u, p, max_length), device=device))
-        scores = scorer(history).float()
         exclude = None
         if exclude_history:
             row, item = data.history_sets(u, p)
-            exclude = torch.zeros_like(scores, dtype=torch.bool)
-            exclude[torch.as_tensor(row, device=device), torch.as_tensor(item, device=device)] = True
+            exclude = torch.as_tensor(row, device=device), torch.as_tensor(item, device=device)
         target = torch.as_tensor(items[start:start + batch_size], device=device)
-        ranks.append(target_ranks(scores, target, exclude).cpu())
+        ranks.append(chunked_ranks(scorer, scorer.encode(history), target, exclude, chunk).cpu())
     return users, torch.cat(ranks)

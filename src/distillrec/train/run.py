@@ -16,14 +16,12 @@ from distillrec.params import Params
 from distillrec.students import Student, build_student
 from distillrec.students.saved import save_student
 from distillrec.train.loop import fingerprint
-from distillrec.train.objectives import Objective, cross_entropy, sampled_bce
+from distillrec.train.objectives import Objective, build_objective
 from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
-def base_objective(params: Params) -> Objective:
-    return cross_entropy if params.train.objective == "ce" else sampled_bce(params.train.negatives)
 
 
 def method_objective(params: Params, method: str, data: SplitData, model: Student, teachers_root: Path,
@@ -41,7 +39,7 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
                                 "vectors": vectors_id(item_text_root, cfg.embedding)}
         parts = parts[1:]
     if not parts:
-        return base_objective(params), identity
+        return build_objective(params.train, data), identity
     method = parts[0]
     from distillrec.distill import build_distill_objective
     from distillrec.evaluate.listed import listed_metrics
@@ -66,7 +64,7 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
         kwargs["teacher_weights"] = [s if s is not None else (sum(known) / len(known) if known else 1.0)
                                      for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
-    objective = build_distill_objective(method, base_objective(params), exports, data, model, **kwargs, **extra)
+    objective = build_distill_objective(method, build_objective(params.train, data), exports, data, model, **kwargs, **extra)
     identity |= {"method": method, "params": getattr(params.distill, method).model_dump(mode="json"),
                  "teachers": {e.name: e.content_id() for e in exports},
                  "gate": teacher_gate(params, objective, valid) if params.distill.gate else None}

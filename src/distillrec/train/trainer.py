@@ -21,6 +21,23 @@ from distillrec.train.objectives import Batch, Objective
 from distillrec.train.ranking import rank_split, student_scorer
 
 
+POOL_BATCHES = 64  # bucketed batching sorts pools of this many random batches by window length
+
+
+def batch_order(lengths: torch.Tensor, batch_size: int, mode: str, generator: torch.Generator
+                ) -> list[torch.Tensor]:
+    """Window indices of each step of one epoch. shuffle: random batches. bucketed: a random pool of
+    POOL_BATCHES batches is sorted by window length and cut into batches, and all batches are shuffled,
+    so a batch holds windows of similar length and `trim_padding` drops most of their padding (on a
+    catalogue of short histories most of a max_length window is padding). Both use only `generator`."""
+    order = torch.randperm(len(lengths), generator=generator)
+    if mode == "shuffle":
+        return list(order.split(batch_size))
+    batches = [chunk for pool in order.split(batch_size * POOL_BATCHES)
+               for chunk in pool[torch.argsort(lengths[pool], stable=True)].split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
 class Trainer:
     """Fits one student on a split with one objective; the objective owns the loss."""
 
@@ -36,17 +53,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         self.windows, self.users, self.ends, self.first = (
             torch.as_tensor(a) for a in data.training_windows(self.max_length, train.window_stride))
+        self.lengths = (self.windows != 0).sum(1)
         loop_cfg = LoopConfig(train.epochs, train.patience, train.select_metric, seed)
         self.loop = Loop(self, loop_cfg, out_dir, live_dir, run_id)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         model = self.model
         generator = epoch_generator(self.seed, epoch)
-        order = torch.randperm(len(self.windows), generator=generator)
-        steps = range(0, len(order), self.cfg.batch_size)
+        batches = batch_order(self.lengths, self.cfg.batch_size, self.cfg.batching, generator)
         totals: dict[str, float] = {}
-        for start in tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=None):
-            idx = order[start:start + self.cfg.batch_size]
+        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
             inputs, targets = model.training_pair(self.windows[idx], generator)
             column = torch.arange(targets.shape[1])
             if model.causal:  # targets already supervised by a later window
@@ -61,7 +77,7 @@ class Trainer:
             self.optimizer.step()
             for name, value in {"loss": loss.item(), **logs}.items():
                 totals[name] = totals.get(name, 0.0) + value * len(idx)
-        return {name: value / len(order) for name, value in totals.items()}
+        return {name: value / len(self.windows) for name, value in totals.items()}
 
     def validate(self) -> dict[str, float]:
         _, ranks = rank_split(student_scorer(self.model), self.data, "valid", self.max_length,
