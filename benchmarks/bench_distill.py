@@ -88,12 +88,12 @@ def child_student(job: dict) -> dict:
 
     from distillrec.evaluate.evaluation import Evaluator
     from distillrec.params import parse_params
-    from distillrec.train.run import train_student
+    from distillrec.distill.run import distill_student
     torch.set_num_threads(1)
     params, method, seed = parse_params(job["params"]), job["method"], job["seed"]
     name = job["run"]
     started = time.perf_counter()
-    summary = train_student(params, job["processed"], OUT / "models" / name, OUT / "ckpt" / name, OUT / "live" / name,
+    summary = distill_student(params, job["processed"], OUT / "models" / name, OUT / "ckpt" / name, OUT / "live" / name,
                             method=method, seed=seed, teachers_root=OUT / "exports")
     wall = time.perf_counter() - started
     evaluator = Evaluator(job["processed"], params.evaluate, "cpu")

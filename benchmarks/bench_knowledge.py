@@ -139,9 +139,10 @@ def main() -> None:
     seeds = raw["train"]["seeds"]
     model = raw.get("student", {}).get("model", "sasrec")
     students = run / "models" / "students"
-    calls = [(run_step, run, "train_student", method, str(seed),
-              {"done": students / f"{model}-{method}" / f"seed{seed}"})
-             for method in ["none", *parse_params(raw).distill.runs] for seed in seeds]
+    calls = [(run_step, run, "train_student", str(seed), {"done": students / f"{model}-none" / f"seed{seed}"})
+             for seed in seeds]
+    calls += [(run_step, run, "distill", method, str(seed), {"done": students / f"{model}-{method}" / f"seed{seed}"})
+              for method in parse_params(raw).distill.runs for seed in seeds]
     parallel(args.jobs, calls)
     shutil.rmtree(run / "metrics", ignore_errors=True)
     run_step(run, "evaluate", done=run / "metrics" / "eval.json")

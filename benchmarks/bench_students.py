@@ -25,6 +25,8 @@ OUT = REPO / "benchmarks" / "out" / "students"
 DATASETS = {  # the RecBole reference protocol: no k-core, leave-one-out, full ranking
     "ml-100k": {"dataset": {"source": "recbole", "name": "ml-100k", "path": str(SHARED / "data" / "ml-100k")},
                 "split": {"user_core": 0, "item_core": 0}},
+    "office": {"dataset": {"source": "lcrec", "name": "Office", "path": str(SHARED / "data" / "amazon-office-lcrec")},
+               "split": {"user_core": 0, "item_core": 0}},
     "synthetic": {},
 }
 # sizes fixed by the RecBole comparison (d=64, 2 layers, 2 heads, max length 50)

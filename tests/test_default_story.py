@@ -20,7 +20,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 STAGES = [("ingest",), ("split",), ("embed_items", "minilm"), ("train_teacher", "fusion"),
-          ("export_teacher", "fusion"), ("train_student", "none", "42"), ("train_student", "dllm2rec", "42"),
+          ("export_teacher", "fusion"), ("train_student", "42"), ("distill", "dllm2rec", "42"),
           ("evaluate",)]
 
 

@@ -27,7 +27,7 @@ from distillrec.students import STUDENTS, build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.export import ExportTables, States, TeacherExport, TopK, select_examples, write_export
 from distillrec.train.objectives import Batch, cross_entropy, sampled_bce
-from distillrec.train.run import teacher_gate
+from distillrec.distill.run import teacher_gate
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0}
 MAX_LENGTH = 8

@@ -13,7 +13,7 @@ from distillrec.evaluate.compare import aggregate, paired_comparison
 from distillrec.evaluate.report import markdown_table
 from distillrec.params import DistillParams, EvaluateParams, Params, StudentParams, TeacherParams, TrainParams
 from distillrec.teachers.export import ExportTables, TopK, select_examples, write_export
-from distillrec.train.run import train_student
+from distillrec.distill.run import distill_student
 from tests.conftest import small_params
 
 K = 10
@@ -73,7 +73,7 @@ def test_oracle_teacher_helps_and_random_teacher_does_little_harm(tmp_path, star
     for name, (method, root) in runs.items():
         p = params(method).model_copy(update={"train": TrainParams(epochs=30, patience=10, batch_size=16, lr=3e-3,
                                                                    seeds=[5])})
-        train_student(p, processed, tmp_path / name, tmp_path / f"ckpt-{name}", tmp_path / f"live-{name}", method,
+        distill_student(p, processed, tmp_path / name, tmp_path / f"ckpt-{name}", tmp_path / f"live-{name}", method,
                       teachers_root=tmp_path / root)
         evaluator.add_runs(name, {"seed5": tmp_path / name})
     quality = {name: (row["valid"]["ndcg@10"] + row["test"]["ndcg@10"]) / 2 for name, row in evaluator.table.items()}
@@ -98,7 +98,7 @@ def params(method: str) -> Params:
 
 
 def run(tmp_path, small_split, method: str, teachers_root, name: str):
-    summary = train_student(params(method), small_split, tmp_path / name, tmp_path / f"ckpt-{name}",
+    summary = distill_student(params(method), small_split, tmp_path / name, tmp_path / f"ckpt-{name}",
                             tmp_path / f"live-{name}", method, teachers_root=teachers_root)
     return summary
 
@@ -107,8 +107,8 @@ def test_distilled_run_is_not_resumed_from_another_methods_checkpoint(tmp_path, 
     data = SplitData.load(small_split)
     teacher(tmp_path / "root" / "t", data, oracle=True)
     p = params("logit_kd").model_copy(update={"train": TrainParams(epochs=2, batch_size=32, seeds=[5])})
-    train_student(p, small_split, tmp_path / "a", tmp_path / "ckpt", tmp_path / "live", "none")
-    summary = train_student(p, small_split, tmp_path / "b", tmp_path / "ckpt", tmp_path / "live2", "logit_kd",
+    distill_student(p, small_split, tmp_path / "a", tmp_path / "ckpt", tmp_path / "live", "none")
+    summary = distill_student(p, small_split, tmp_path / "b", tmp_path / "ckpt", tmp_path / "live2", "logit_kd",
                             teachers_root=tmp_path / "root")
     assert summary["fit"]["epochs"] == 2 and summary["distill"]["method"] == "logit_kd"
     history = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["state"]["history"]

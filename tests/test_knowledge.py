@@ -20,7 +20,7 @@ from distillrec.students.saved import load_student
 from distillrec.teachers.base import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples, write_export
-from distillrec.train.run import train_student
+from distillrec.distill.run import distill_student
 
 
 
@@ -155,7 +155,7 @@ def test_llm_init_plus_dllm2rec_from_lm_vectors_serves_without_lm_or_teacher(sma
     method = "llm_init+dllm2rec"
     params = _params(llm_init={"embedding": "lm", "combine": ["dllm2rec"]},
                      dllm2rec={"ed_table": "lm", "ed_weight": 0.3})
-    summary = train_student(params, small_split, tmp_path / "student", tmp_path / "ckpt", tmp_path / "live", method,
+    summary = distill_student(params, small_split, tmp_path / "student", tmp_path / "ckpt", tmp_path / "live", method,
                             teachers_root=tmp_path / "teachers", item_text_root=item_text)
     assert summary["distill"]["method"] == "dllm2rec" and "llm_init" in summary["distill"]
     assert "ed_vectors" in summary["distill"]
@@ -178,7 +178,7 @@ def test_llm_init_alone_needs_no_teacher_and_changes_the_start(small_split, tmp_
     params = Params(student=StudentParams(hidden=16, layers=1, heads=1, max_length=20),
                     train=TrainParams(epochs=1, patience=1, batch_size=32, seeds=[3]), embed={"lm": {}},
                     distill=DistillParams(methods=["llm_init"], llm_init={"embedding": "lm"}))
-    summary = train_student(params, small_split, tmp_path / "s", tmp_path / "ckpt", tmp_path / "live", "llm_init",
+    summary = distill_student(params, small_split, tmp_path / "s", tmp_path / "ckpt", tmp_path / "live", "llm_init",
                             item_text_root=tmp_path / "item_text")
     assert summary["distill"]["llm_init"]["params"]["embedding"] == "lm"
     assert read_item_embeddings(tmp_path / "item_text" / "lm", data.n_items).shape == (data.n_items + 1, 24)

@@ -347,8 +347,8 @@ def test_training_refuses_a_checkpoint_folder_another_run_is_writing(tmp_path, s
     ckpt.mkdir()
     (ckpt / LOCK).write_text(str(os.getppid()))   # a live process (pytest's parent) holds it
     with pytest.raises(DataError, match="is in use by process"):
-        train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live", "none")
+        train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live")
     assert not (tmp_path / "out").exists()   # nothing written
     (ckpt / LOCK).unlink()
-    train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live", "none")
+    train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live")
     assert not (ckpt / LOCK).exists() and (ckpt / "checkpoint.pt").is_file()

@@ -18,6 +18,7 @@ from distillrec.hf import resolve_device
 from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.objectives import Batch, Objective
+from distillrec.train.parallel import DataParallel
 from distillrec.train.ranking import rank_split, student_scorer
 
 
@@ -51,17 +52,20 @@ class Trainer:
             objective, nn.Module) else model
         self.module.to(self.device)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.parallel = DataParallel(self.device)
+        self.trained = [p for p in self.module.parameters() if p.requires_grad]
         self.windows, self.users, self.ends, self.first = (
             torch.as_tensor(a) for a in data.training_windows(self.max_length, train.window_stride))
         self.lengths = (self.windows != 0).sum(1)
         loop_cfg = LoopConfig(train.epochs, train.patience, train.select_metric, seed)
-        self.loop = Loop(self, loop_cfg, out_dir, live_dir, run_id)
+        self.loop = Loop(self, loop_cfg, out_dir, live_dir, run_id, is_main=self.parallel.is_main)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         model = self.model
         generator = epoch_generator(self.seed, epoch)
-        batches = batch_order(self.lengths, self.cfg.batch_size, self.cfg.batching, generator)
+        batches = self.parallel.shard(batch_order(self.lengths, self.cfg.batch_size, self.cfg.batching, generator))
         totals: dict[str, float] = {}
+        seen = 0
         for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
             inputs, targets = model.training_pair(self.windows[idx], generator)
             column = torch.arange(targets.shape[1])
@@ -74,20 +78,27 @@ class Trainer:
             loss, logs = self.objective(model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.parallel.average_gradients(self.trained)
             self.optimizer.step()
+            seen += len(idx)
             for name, value in {"loss": loss.item(), **logs}.items():
                 totals[name] = totals.get(name, 0.0) + value * len(idx)
-        return {name: value / len(self.windows) for name, value in totals.items()}
+        return {name: value / max(seen, 1) for name, value in totals.items()}
 
     def validate(self) -> dict[str, float]:
-        _, ranks = rank_split(student_scorer(self.model), self.data, "valid", self.max_length,
-                              self.cfg.eval_batch_size, self.device)
-        k = int(self.cfg.select_metric.split("@")[1])
-        metrics = metrics_from_ranks(ranks, sorted({5, 10, 20, k}))
+        metrics = None
+        if self.parallel.is_main:
+            _, ranks = rank_split(student_scorer(self.model), self.data, "valid", self.max_length,
+                                  self.cfg.eval_batch_size, self.device)
+            k = int(self.cfg.select_metric.split("@")[1])
+            metrics = metrics_from_ranks(ranks, sorted({5, 10, 20, k}))
+        metrics = self.parallel.from_main(metrics)
         observe = getattr(self.objective, "observe", None)  # a distillation gate follows validation
         if observe is not None:
             observe(metrics)
         return metrics
 
     def fit(self) -> FitState:
-        return self.loop.run()
+        state = self.loop.run()
+        self.parallel.check_in_step(self.trained)
+        return state

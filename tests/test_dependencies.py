@@ -1,0 +1,148 @@
+"""Each DVC stage declares exactly the code it runs, so editing a module re-runs every stage that
+imports it (and only those), and the params its settings come from.
+
+The code a stage runs is computed from its script's imports, followed transitively through
+`distillrec` (function-level imports included: they run when the stage needs them; imports under
+`if TYPE_CHECKING:` never run). A declared `src/` or `stages/` path that no imported module lies
+under is unused; an imported module that no declared path covers is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillrec.params import STUDENT_TRAINING, TeacherParams, TrainParams
+from tests.conftest import REPO
+
+SRC = REPO / "src"
+# modules loaded by name at run time (importlib): the package they are loaded from counts as imported
+DYNAMIC = {"distillrec.data.sources": "distillrec/data/sources"}
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imported_names(path: Path, package: str) -> set[str]:
+    """distillrec modules `path` imports (absolute or relative, at any depth except TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for block in ast.walk(tree) if _type_checking_block(block) for n in ast.walk(block)
+               if n is not block}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    me = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__") if SRC in path.parents else ""
+    for caller, folder in DYNAMIC.items():
+        if me == caller:
+            names |= {f"{caller}.{f.stem}" for f in (SRC / folder).glob("*.py")}
+    return {n for n in names if n == "distillrec" or n.startswith("distillrec.")}
+
+
+def stage_modules(script: Path) -> set[Path]:
+    """Every distillrec source file `script` runs, with the packages' __init__ files on the way."""
+    seen: set[Path] = set()
+    todo = [(script, "")]
+    while todo:
+        path, package = todo.pop()
+        for name in imported_names(path, package):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+                file = module_file(".".join(parts[:depth]))
+                if file is not None and file not in seen:
+                    seen.add(file)
+                    own = ".".join(parts[:depth]) if file.name == "__init__.py" else ".".join(parts[:depth - 1])
+                    todo.append((file, own))
+    return seen
+
+
+def runs_code(path: Path) -> bool:
+    """False for a package __init__ of only a docstring and constants (its edits cannot change a run)."""
+    def inert(node: ast.stmt) -> bool:
+        return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) or (
+            isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant))
+    return path.name != "__init__.py" or not all(inert(n) for n in ast.parse(path.read_text()).body)
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def body(stage: dict) -> dict:
+    return stage.get("do", stage)
+
+
+def code_deps(stage: dict) -> list[str]:
+    return [d for d in body(stage)["deps"] if d.startswith(("src/", "stages/"))]
+
+
+def coverage(stage: dict) -> tuple[list[str], list[str]]:
+    """(imported files no declared path covers, declared paths no imported file lies under)."""
+    script = REPO / body(stage)["cmd"].split()[1]
+    needed = {script} | stage_modules(script)
+    needed = {f for f in needed if runs_code(f)}
+    declared = [REPO / d for d in code_deps(stage)]
+    missing = sorted(str(f.relative_to(REPO)) for f in needed
+                     if not any(f == d or d in f.parents for d in declared))
+    unused = sorted(str(d.relative_to(REPO)) for d in declared
+                    if not any(f == d or d in f.parents for f in needed))
+    return missing, unused
+
+
+@pytest.mark.parametrize("name", list(stages()))
+def test_each_stage_declares_exactly_the_code_it_imports(name):
+    missing, unused = coverage(stages()[name])
+    deps = body(stages()[name])["deps"]
+    assert len(set(deps)) == len(deps), f"{name}: a dep is listed twice"
+    assert missing == [], f"{name}: add these deps to dvc.yaml"
+    assert unused == [], f"{name}: these deps are never imported by the stage"
+
+
+def test_a_removed_dep_is_found_missing_and_an_extra_one_unused():
+    stage = stages()["distill"]
+    deps = body(stage)["deps"]
+    without = dict(stage, deps=[d for d in deps if d != "src/distillrec/distill"])
+    assert "src/distillrec/distill/dllm2rec.py" in coverage(without)[0]
+    extra = dict(stage, deps=deps + ["src/distillrec/teachers/pod.py"])
+    assert coverage(extra)[1] == ["src/distillrec/teachers/pod.py"]
+
+
+def declared_params(stage: dict) -> list[str]:
+    return [p for p in body(stage)["params"] if isinstance(p, str)]
+
+
+@pytest.mark.parametrize("name", ["train_student", "distill", "distill_llm_init"])
+def test_student_stages_declare_every_training_setting(name):
+    # every train.* field changes the trained student, except seeds: the stage's own seed is its argument
+    expected = {f"train.{field}" for field in TrainParams.model_fields} - {"train.seeds"}
+    declared = set(declared_params(stages()[name]))
+    assert expected - declared == set(), name
+    assert {p for p in declared if p.startswith("train.")} - expected == set(), name
+
+
+def test_teacher_stages_declare_every_setting_that_changes_the_teacher():
+    training = set(declared_params(stages()["train_teacher"]))
+    assert training == {f"teachers.${{key}}.{f}" for f in TeacherParams.model_fields} - {"teachers.${key}.export"}
+    assert declared_params(stages()["export_teacher"]) == ["teachers.${key}"]
+    assert set(STUDENT_TRAINING) <= set(TrainParams.model_fields)  # the teachers' objective fields are students'
