@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from distillrec.params import TeacherParams, load_params
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples
 

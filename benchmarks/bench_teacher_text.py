@@ -86,7 +86,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from distillrec.evaluate.evaluation import Evaluator
     from distillrec.params import EvaluateParams, TeacherParams
-    from distillrec.teachers.base import teacher_class
+    from distillrec.teachers.registry import teacher_class
     from distillrec.teachers.data import TeacherData
     from distillrec.teachers.export import select_examples, write_export
     from distillrec.train.metrics import metrics_from_ranks

@@ -24,7 +24,7 @@ from distillrec.errors import BadLineError, DataError, DistillrecError, MissingF
 from distillrec.params import StudentParams, TeacherParams
 from distillrec.students import build_student
 from distillrec.students.saved import save_student
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import write_export
 from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS

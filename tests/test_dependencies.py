@@ -146,3 +146,57 @@ def test_teacher_stages_declare_every_setting_that_changes_the_teacher():
     assert training == {f"teachers.${{key}}.{f}" for f in TeacherParams.model_fields} - {"teachers.${key}.export"}
     assert declared_params(stages()["export_teacher"]) == ["teachers.${key}"]
     assert set(STUDENT_TRAINING) <= set(TrainParams.model_fields)  # the teachers' objective fields are students'
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the distillrec modules it imports (function-level included, TYPE_CHECKING not)."""
+    graph = {}
+    for file in sorted((SRC / "distillrec").rglob("*.py")):
+        name = ".".join(file.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+        targets = {module_file(n) for n in imported_names(file, package)} - {None, file}
+        graph[name] = {".".join(t.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__") for t in targets}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_in_distillrec():
+    assert cycles(import_graph()) == []
+
+
+def test_a_cycle_is_found():
+    graph = import_graph()
+    graph["distillrec.teachers.base"] = graph["distillrec.teachers.base"] | {"distillrec.teachers.registry"}
+    found = cycles(graph)
+    assert len(found) == 1 and {"distillrec.teachers.base", "distillrec.teachers.registry"} <= set(found[0])

@@ -17,7 +17,7 @@ from distillrec.errors import ParamsError
 from distillrec.params import (DistillParams, Params, StudentParams, TeacherParams, TrainParams, parse_params)
 from distillrec.students import build_student
 from distillrec.students.saved import load_student
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples, write_export
 from distillrec.distill.run import distill_student

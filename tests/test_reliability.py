@@ -21,7 +21,7 @@ from distillrec.data.sources import load_source, movielens
 from distillrec.data.split import run_split
 from distillrec.errors import BadLineError, DataError, MissingFilesError
 from distillrec.params import IngestParams, SplitParams, TeacherParams
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from tests import rawfiles as rf
 from tests.rawfiles import BOM, gz, lines, review

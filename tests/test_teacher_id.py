@@ -5,7 +5,7 @@ import pytest
 
 from distillrec.evaluate.evaluation import Evaluator
 from distillrec.params import EvaluateParams, TeacherParams
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 

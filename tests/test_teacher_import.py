@@ -8,7 +8,7 @@ import torch
 from distillrec.errors import DataError
 from distillrec.evaluate.evaluation import Evaluator
 from distillrec.params import EvaluateParams, TeacherParams
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, TeacherExport, TopK, select_examples, write_export
 from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS, write_dllm2rec

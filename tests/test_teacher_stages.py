@@ -18,6 +18,26 @@ TINY = {"family": "seq2seq", "finetune": "lora",
         "seq2seq": {"max_history": 6, "explanation_tokens": 8}}
 
 
+# the trainable families, each tiny; what each leaves besides its weights
+PARALLEL = {
+    "seq2seq": (TINY, "adapter"),
+    "causal": ({"family": "causal", "finetune": "lora",
+                "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+                "train": {"epochs": 1, "batch_size": 32, "sample": 96, "valid_examples": 32, "threads": 1},
+                "export": {"top_k": 5, "train_positions": 1, "batch_size": 64},
+                "causal": {"max_history": 4, "max_title_tokens": 8}}, "adapter"),
+    "id": ({"family": "id", "train": {"epochs": 2, "batch_size": 16, "threads": 1, "objective": "sampled_softmax",
+                                       "negatives": 16},
+            "export": {"top_k": 5, "train_positions": 1},
+            "id": {"hidden": 16, "layers": 1, "heads": 1, "max_length": 20}}, "model"),
+    "text": ({"family": "text", "finetune": "lora", "base_model": "bert",
+              "train": {"epochs": 1, "batch_size": 16, "threads": 1},
+              "export": {"top_k": 5, "train_positions": 1},
+              "text": {"hidden": 16, "layers": 1, "heads": 1, "max_length": 20, "max_text_tokens": 16,
+                       "grad_items": 16, "encode_batch_size": 32}}, "adapter"),
+}
+
+
 @pytest.fixture
 def workdir(tmp_path, small_split):
     (tmp_path / "data").mkdir()
@@ -31,13 +51,33 @@ def _run(cmd, cwd):
     return result.returncode, result.stdout + result.stderr
 
 
-def test_two_process_training_then_export(workdir):
+def tiny_bert(folder, small_split) -> None:
+    """A tiny BERT and a WordPiece tokenizer of the catalogue's words, saved like a hub model."""
+    from transformers import BertConfig, BertModel
+
+    from distillrec.data.splitdata import SplitData
+    from distillrec.teachers.itemtext import item_texts
+    from distillrec.teachers.tokenizer import train_tokenizer
+
+    texts = item_texts(SplitData.load(small_split).item_map, ["title", "categories"])
+    tokenizer = train_tokenizer(texts, 300, pad="[PAD]", eos="[SEP]", unk="[UNK]", bos="[CLS]")
+    tokenizer.save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("family", list(PARALLEL))
+def test_two_process_training_then_export(workdir, small_split, family):
+    cfg, saved = PARALLEL[family]
+    if family == "text":
+        tiny_bert(workdir / "bert", small_split)
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"teachers": {"tiny": cfg}}))
     code, out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                       str(REPO / "stages" / "train_teacher.py"), "tiny"], workdir)
     assert code == 0, out
     summary = json.loads((workdir / "models" / "teachers" / "tiny" / "teacher.json").read_text())
-    assert summary["fit"]["epochs"] == 1 and summary["trainable_parameters"] < summary["parameters"]
-    assert (workdir / "models" / "teachers" / "tiny" / "adapter").is_dir()
+    assert summary["fit"]["epochs"] == cfg["train"]["epochs"] and summary["family"] == family
+    assert (workdir / "models" / "teachers" / "tiny" / saved).exists()
     code, out = _run([sys.executable, str(REPO / "stages" / "export_teacher.py"), "tiny"], workdir)
     assert code == 0, out
     info = json.loads((workdir / "data" / "teacher" / "tiny" / "teacher.json").read_text())

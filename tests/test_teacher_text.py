@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel
 
 from distillrec.errors import DataError, ParamsError
 from distillrec.params import TeacherParams, parse_params
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, mean_pool

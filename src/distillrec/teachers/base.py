@@ -141,29 +141,6 @@ class Teacher(ABC):
         """Top-K (and embeddings, states, explanations where the family has them) for `examples`."""
 
 
-def teacher_class(family: str) -> type[Teacher]:
-    """The family's class, imported lazily (transformers is slow to import)."""
-    if family == "seq2seq":
-        from distillrec.teachers.seq2seq import Seq2SeqTeacher
-        return Seq2SeqTeacher
-    if family == "causal":
-        from distillrec.teachers.causal import CausalTeacher
-        return CausalTeacher
-    if family == "id":
-        from distillrec.teachers.idmodel import IdTeacher
-        return IdTeacher
-    if family == "import":
-        from distillrec.teachers.imported import ImportTeacher
-        return ImportTeacher
-    if family == "text":
-        from distillrec.teachers.text import TextTeacher
-        return TextTeacher
-    if family == "fusion":
-        from distillrec.teachers.fusion import FusionTeacher
-        return FusionTeacher
-    raise DataError(f"unknown teacher family {family!r}")
-
-
 def read_summary(folder: Path | str) -> dict[str, Any]:
     path = Path(folder) / "teacher.json"
     if not path.is_file():

@@ -44,6 +44,7 @@ from distillrec.teachers.export import ExportTables, States, TopK
 from distillrec.teachers.scoring import WindowPlan, window_states
 from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
+from distillrec.train.parallel import even_shard
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ class _Task:
         causal, train = self.cfg.causal, self.cfg.train
         order = torch.randperm(len(self.train[0]), generator=epoch_generator(train.seed, epoch)).numpy()
         batches = [order[lo:lo + train.batch_size] for lo in range(0, len(order), train.batch_size)]
-        mine = batches[self.accelerator.process_index::self.accelerator.num_processes]
+        mine = even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
         total, count = 0.0, 0
         for idx in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
             inputs, tokens, states = self._batch(self.train[0][idx], self.train[1][idx], every_item=True)

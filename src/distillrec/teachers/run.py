@@ -13,7 +13,8 @@ import torch
 from distillrec.errors import ParamsError
 from distillrec.io import atomic_dir, sha256_file, write_json
 from distillrec.params import Params, TeacherParams
-from distillrec.teachers.base import read_summary, teacher_class
+from distillrec.teachers.base import read_summary
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples, write_export
 from distillrec.train.loop import fingerprint

@@ -34,6 +34,7 @@ from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, Enco
 from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, Step, beam_search
 from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
+from distillrec.train.parallel import even_shard
 
 log = logging.getLogger(__name__)
 SCORE = "sum of token log-probabilities of the item id under constrained beam search; higher = better"
@@ -128,8 +129,7 @@ class _Training:
     def train_epoch(self, epoch: int) -> float:
         generator = epoch_generator(self.cfg.train.seed, epoch)
         batches = self._batches(generator)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        mine = batches[:len(batches) // world * world][rank::world]  # equal counts keep processes in step
+        mine = even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
         total, seen = 0.0, 0
         for task, index in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
             n_templates = len(TEMPLATES[task])

@@ -16,6 +16,12 @@ import torch
 import torch.distributed as dist
 
 
+def even_shard(batches: list, world: int, rank: int) -> list:
+    """Process `rank`'s batches: the same number on every process (the remainder is dropped), so
+    no process waits in a collective that another never reaches."""
+    return batches[:len(batches) // world * world][rank::world] if world > 1 else batches
+
+
 class DataParallel:
     """This process's rank among `world` (1 when not launched by torchrun/accelerate)."""
 
@@ -26,10 +32,7 @@ class DataParallel:
         self.world, self.rank, self.is_main = state.num_processes, state.process_index, state.is_main_process
 
     def shard(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-        """This process's batches: the same number on every process (the remainder is dropped)."""
-        if self.world == 1:
-            return batches
-        return batches[:len(batches) // self.world * self.world][self.rank::self.world]
+        return even_shard(batches, self.world, self.rank)
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Mean gradient over processes, in one all-reduce; a parameter without a gradient counts as 0."""
