@@ -143,6 +143,22 @@ def _sample(n: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
+def config_llama(cfg: TeacherParams, titles: list[str]) -> tuple[Any, LlamaConfig]:
+    """For `base_model: null`: a tokenizer trained on the titles and prompt words, and the LlamaConfig of
+    `cfg.config` sized for it (positions: the longest prompt plus a response)."""
+    c = cfg.config
+    tokenizer = train_tokenizer(tokenizer_texts(titles[1:]), c.vocab_size, pad=PAD, eos=EOS, unk=UNK, bos=BOS)
+    pieces = PromptPieces.build(tokenizer, titles, cfg.causal.max_title_tokens)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=c.d_model, intermediate_size=c.d_ff,
+                         num_hidden_layers=c.layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
+                         tie_word_embeddings=False,
+                         max_position_embeddings=pieces.max_length(cfg.causal.max_history,
+                                                                   cfg.causal.max_title_tokens + TITLE_MARGIN),
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    return tokenizer, config
+
+
 class CausalTeacher(Teacher):
     family = "causal"
 
@@ -153,24 +169,22 @@ class CausalTeacher(Teacher):
     @classmethod
     def create(cls, cfg: TeacherParams, data: TeacherData) -> CausalTeacher:
         titles = data.require_titles("causal")
-        device = device_of(cfg)
-        dtype = resolve_dtype(cfg, device)
+        dtype = resolve_dtype(cfg, device_of(cfg))
         if cfg.base_model is None:
-            c = cfg.config
-            tokenizer = train_tokenizer(tokenizer_texts(titles[1:]), c.vocab_size, pad=PAD, eos=EOS, unk=UNK, bos=BOS)
-            pieces = PromptPieces.build(tokenizer, titles, cfg.causal.max_title_tokens)
-            config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=c.d_model, intermediate_size=c.d_ff,
-                                 num_hidden_layers=c.layers, num_attention_heads=c.heads,
-                                 num_key_value_heads=c.heads, tie_word_embeddings=False,
-                                 max_position_embeddings=pieces.max_length(
-                                     cfg.causal.max_history, cfg.causal.max_title_tokens + TITLE_MARGIN),
-                                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
+            tokenizer, config = config_llama(cfg, titles)
             torch.manual_seed(cfg.train.seed)
             base: PreTrainedModel = LlamaForCausalLM(config).to(dtype)
         else:
             tokenizer, base = _pretrained(cfg, dtype)
-            pieces = PromptPieces.build(tokenizer, titles, cfg.causal.max_title_tokens)
+        return cls.around(cfg, data, tokenizer, base)
+
+    @classmethod
+    def around(cls, cfg: TeacherParams, data: TeacherData, tokenizer: Any, base: PreTrainedModel) -> CausalTeacher:
+        """The teacher over a built causal LM and its tokenizer (what `create` loads or builds; the GPU
+        check builds a 7B-shaped one on the device): `cfg.finetune` applied, the item table initialised
+        from the LM's title embeddings."""
+        device = device_of(cfg)
+        pieces = PromptPieces.build(tokenizer, data.require_titles("causal"), cfg.causal.max_title_tokens)
         lm = apply_finetune(base, cfg, default_targets=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
         module = CausalRecModule(lm, data.n_items, base.config.hidden_size).to(device)
         teacher = cls(cfg, device, module, tokenizer)
@@ -193,9 +207,6 @@ class CausalTeacher(Teacher):
 
         cfg = self.cfg
         accelerator = Accelerator(cpu=self.device.type == "cpu")
-        if cfg.train.gradient_checkpointing:
-            _causal_lm(self.module.lm).activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False})
         task = _Task(self, data, accelerator)
         loop = Loop(task, LoopConfig(cfg.train.epochs, cfg.train.patience, "valid_loss", cfg.train.seed,
                                      higher_is_better=False),
@@ -317,6 +328,9 @@ class _Task:
 
     def __init__(self, teacher: CausalTeacher, data: TeacherData, accelerator: Any):
         cfg = teacher.cfg
+        if cfg.train.gradient_checkpointing:
+            _causal_lm(teacher.module.lm).activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         self.cfg, self.split, self.accelerator = cfg, data.split, accelerator
         self.pieces = teacher.prompt_pieces(data)
         self.device = accelerator.device
