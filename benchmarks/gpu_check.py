@@ -56,7 +56,7 @@ from distillrec.hf import resolve_precision
 from distillrec.params import (DatasetParams, Params, SplitParams, StudentParams, SyntheticParams, TeacherParams,
                               TrainParams)
 from distillrec.students import build_student
-from distillrec.teachers.base import teacher_class
+from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples
 from distillrec.teachers.scoring import WindowPlan
