@@ -55,12 +55,20 @@ class SplitData:
             examples=pl.read_parquet(directory / "examples.parquet"),
         )
 
+    def flat(self, users: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Index into `items` of each (user_idx, position) key: the one place that arithmetic lives."""
+        return self.offsets[np.asarray(users, np.int64) - 1] + np.asarray(positions, np.int64)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
+        """Items of each user before the validation target (leave-one-out: all but the last two)."""
+        return self.lengths - 2
+
     def histories(self, users: np.ndarray, positions: np.ndarray, max_length: int) -> np.ndarray:
         """Left-padded [B, max_length] histories: the last `max_length` items before `position`."""
-        users, positions = np.asarray(users, np.int64), np.asarray(positions, np.int64)
-        ends = self.offsets[users - 1] + positions
+        ends = self.flat(users, positions)
         index = ends[:, None] - max_length + np.arange(max_length)[None, :]
-        valid = index >= (self.offsets[users - 1])[:, None]
+        valid = index >= self.flat(users, 0)[:, None]
         return np.where(valid, self.items[np.clip(index, 0, None)], 0)
 
     def targets(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,7 +92,7 @@ class SplitData:
         end - 1 of the user's sequence, and target columns before `first` are not supervised.
         """
         stride = stride or max_length
-        train_len = self.lengths - 2
+        train_len = self.train_lengths
         later = np.maximum(0, -(-(train_len - 1 - max_length) // stride))
         n_windows = later + 1
         users = np.repeat(np.arange(1, self.n_users + 1), n_windows)
@@ -96,12 +104,12 @@ class SplitData:
     def training_counts(self) -> np.ndarray:
         """Occurrences [N + 1] of each item in the training part of the sequences (before validation)."""
         within = np.arange(len(self.items)) - np.repeat(self.offsets[:-1], self.lengths)
-        in_train = within < np.repeat(self.lengths - 2, self.lengths)
+        in_train = within < np.repeat(self.train_lengths, self.lengths)
         return np.bincount(self.items[in_train], minlength=self.n_items + 1)
 
     def history_sets(self, users: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) pairs of every item before `position` for each example (for exclusion)."""
-        starts = self.offsets[np.asarray(users) - 1]
+        starts = self.flat(users, 0)
         counts = np.asarray(positions)
         row = np.repeat(np.arange(len(counts)), counts)
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -37,7 +37,7 @@ def _split_codes(data: SplitData) -> np.ndarray:
     examples = data.examples
     codes = np.full(len(data.items), -1, np.int8)
     users = examples["user_idx"].to_numpy().astype(np.int64)
-    flat = data.offsets[users - 1] + examples["position"].to_numpy().astype(np.int64)
+    flat = data.flat(users, examples["position"].to_numpy())
     codes[flat] = examples["split"].cast(pl.Utf8).replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
     return codes
 

@@ -293,8 +293,8 @@ class CausalTeacher(Teacher):
         table, distinct = grounding.catalogue(self.module.phi, pieces, batch_size, self.device)
         _, _, train_targets = split.targets("train")
         order = grounding.tie_order(np.bincount(train_targets, minlength=data.n_items + 1)[1:])
-        starts = split.offsets[users - 1] + np.maximum(positions - causal.max_history, 0)
-        ends = split.offsets[users - 1] + positions
+        starts = split.flat(users, np.maximum(positions - causal.max_history, 0))
+        ends = split.flat(users, positions)
         items, scores, states, stats, passes = [], [], [], [], 0
         for lo in tqdm(range(0, len(users), batch_size), desc="grounding", leave=False, disable=None):
             prompts = [pieces.prompt(split.items[a:b].tolist()) for a, b in zip(starts[lo:lo + batch_size],

@@ -73,9 +73,9 @@ def prefix_states(encode: Encoder, pieces: PromptPieces, split: SplitData, users
                   positions: np.ndarray, max_history: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """Reference for `window_states`: each example's own prompt (same context), last state; one pass each."""
     users, positions = np.asarray(users, np.int64), np.asarray(positions, np.int64)
-    starts = split.offsets[users - 1] + context_start(positions, max_history)
+    starts = split.flat(users, context_start(positions, max_history))
     out = []
-    for begin, end in zip(starts, split.offsets[users - 1] + positions):
+    for begin, end in zip(starts, split.flat(users, positions)):
         ids, _ = pieces.history(split.items[begin:end].tolist())
         hidden = encode(torch.as_tensor([ids], device=device), torch.ones((1, len(ids)), dtype=torch.long,
                                                                           device=device))
