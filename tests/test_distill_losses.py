@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from distillrec.data.splitdata import SplitData
 from distillrec.distill import METHODS, build_distill_objective, trainable_parameters
-from distillrec.distill.dllm2rec import (ItemAdapter, consistency_weights, importance_weights, position_weights,
+from distillrec.distill.dllm2rec import (ItemAdapter, student_consistency, importance_weights, position_weights,
                                          ranking_distillation, sample_negatives)
 from distillrec.distill.feature import feature_distance
 from distillrec.distill.logit_kd import catalogue_scores, softened_kl
 from distillrec.distill.lookup import TeacherLookup
-from distillrec.distill.prmkd import consistency_weights as prmkd_weights
+from distillrec.distill.prmkd import teacher_consistency
 from distillrec.distill.prmkd import kl, topk_scores
 from distillrec.errors import DataError, ParamsError
 from distillrec.evaluate.listed import listed_metrics
@@ -158,13 +158,13 @@ def test_importance_weights_sum_to_one_and_follow_the_students_top_k():
     wc = torch.softmax(scores, -1)
     gammas = (0.3, 0.5, 0.1)
     top = torch.tensor([[2, 9, 8], [7, 8, 9]])
-    wo = consistency_weights(candidates, top)
+    wo = student_consistency(candidates, top)
     assert wo.tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
     w = importance_weights(wp, wc, wo, gammas)
     torch.testing.assert_close(w.sum(-1), torch.ones(2))
     torch.testing.assert_close(w[0], (0.3 * wp[0] + 0.5 * wc[0] + 0.1 * torch.tensor([0.0, 1.0, 0.0])) / 0.9)
     torch.testing.assert_close(w[1], (0.3 * wp[1] + 0.5 * torch.full((3,), 1 / 3)) / 0.8)
-    moved = importance_weights(wp, wc, consistency_weights(candidates, torch.tensor([[3, 9, 8], [7, 8, 9]])), gammas)
+    moved = importance_weights(wp, wc, student_consistency(candidates, torch.tensor([[3, 9, 8], [7, 8, 9]])), gammas)
     assert moved[0, 2] > w[0, 2] and moved[0, 1] < w[0, 1]  # the item the student now ranks gains weight
     torch.testing.assert_close(moved[1], w[1])
 
@@ -229,13 +229,13 @@ def test_prmkd_drops_the_teacher_that_disagrees():
     probs = torch.stack([agree, agree, torch.tensor([0.1, 0.1, 0.1, 0.7])])[None]  # [1, 3 teachers, 4 items]
     defaults = torch.tensor([0.5, 0.3, 0.2])
     everyone = torch.ones(1, 3, dtype=torch.bool)
-    weights, dropped = prmkd_weights(probs, everyone, defaults, epsilon=0.1)
+    weights, dropped = teacher_consistency(probs, everyone, defaults, epsilon=0.1)
     assert dropped.tolist() == [2]
     torch.testing.assert_close(weights, torch.tensor([[0.6, 0.4, 0.0]]))
-    weights, dropped = prmkd_weights(probs, everyone, defaults, epsilon=5.0)  # all within ε: defaults
+    weights, dropped = teacher_consistency(probs, everyone, defaults, epsilon=5.0)  # all within ε: defaults
     assert dropped.tolist() == [-1]
     torch.testing.assert_close(weights, defaults[None])
-    weights, dropped = prmkd_weights(probs, torch.tensor([[True, False, True]]), defaults, epsilon=0.1)
+    weights, dropped = teacher_consistency(probs, torch.tensor([[True, False, True]]), defaults, epsilon=0.1)
     assert dropped.tolist() == [-1]  # two teachers: no majority, nothing dropped
     torch.testing.assert_close(weights, torch.tensor([[0.5 / 0.7, 0.0, 0.2 / 0.7]]))
 

@@ -75,7 +75,7 @@ def test_two_process_training_then_export(workdir, small_split, family):
     code, out = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                       str(REPO / "stages" / "train_teacher.py"), "tiny"], workdir)
     assert code == 0, out
-    summary = json.loads((workdir / "models" / "teachers" / "tiny" / "teacher.json").read_text())
+    summary = json.loads((workdir / "models" / "teachers" / "tiny" / "trained.json").read_text())
     assert summary["fit"]["epochs"] == cfg["train"]["epochs"] and summary["family"] == family
     assert (workdir / "models" / "teachers" / "tiny" / saved).exists()
     code, out = _run([sys.executable, str(REPO / "stages" / "export_teacher.py"), "tiny"], workdir)

@@ -94,7 +94,7 @@ def confidence_weights(scores: torch.Tensor, temperature: float) -> torch.Tensor
     return torch.softmax(scores / temperature, -1)
 
 
-def consistency_weights(candidates: torch.Tensor, student_top: torch.Tensor) -> torch.Tensor:
+def student_consistency(candidates: torch.Tensor, student_top: torch.Tensor) -> torch.Tensor:
     """w^o_bk = 1 if the teacher's k-th item is in the student's current top list, else 0."""
     return (candidates[:, :, None] == student_top[:, None, :]).any(-1).float()
 
@@ -134,7 +134,7 @@ class DLLM2Rec(DistillObjective):
     as its argparse; 0 turns CED off). The negatives use the batch's generator.
     """
 
-    name = "rd"
+    name = "dllm2rec"
 
     def __init__(self, base: Any, lookup: TeacherLookup, student: Student, *, weight: float = 0.8,
                  top_k: int = 10, position_temperature: float = 1.0, confidence_temperature: float = 1.0,
@@ -175,7 +175,7 @@ class DLLM2Rec(DistillObjective):
         neg_logits = torch.einsum("md,mkd->mk", states, table[neg])
         with torch.no_grad():
             logits = sup.logits[covered] if sup.logits is not None else model.score(states)
-            consistency = consistency_weights(candidates, logits.topk(self.top_k, dim=-1).indices)
+            consistency = student_consistency(candidates, logits.topk(self.top_k, dim=-1).indices)
             weights = importance_weights(
                 position_weights(self.top_k, self.position_temperature, states.device).expand_as(pos_logits),
                 confidence_weights(self.lookup.scores[rows, : self.top_k], self.confidence_temperature),

@@ -47,7 +47,7 @@ def catalogue_scores(items: torch.Tensor, scores: torch.Tensor, n_items: int, fl
 class LogitKD(DistillObjective):
     """base + weight · T² · KL over the teacher's first `top_k` items (None = all it lists)."""
 
-    name = "kd"
+    name = "logit_kd"
 
     def __init__(self, base: Any, lookup: TeacherLookup, *, weight: float = 1.0, temperature: float = 2.0,
                  top_k: int | None = None, full_catalogue: bool = False, floor_margin: float = 1.0,

@@ -52,7 +52,7 @@ def zscore(scores: torch.Tensor) -> torch.Tensor:
     return (scores - mean) / std.clamp_min(1e-6)
 
 
-def consistency_weights(probs: torch.Tensor, present: torch.Tensor, defaults: torch.Tensor,
+def teacher_consistency(probs: torch.Tensor, present: torch.Tensor, defaults: torch.Tensor,
                         epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(ŵ [M, T] summing to 1 over present teachers, dropped teacher per example [M] or -1).
 
@@ -141,7 +141,7 @@ class PRMKD(DistillObjective):
         probs, present = torch.stack(probs, 1), torch.stack(present, 1)
         covered = present.any(-1)
         probs, present = probs[covered], present[covered]
-        weights, dropped = consistency_weights(probs, present, self.defaults, self.epsilon)
+        weights, dropped = teacher_consistency(probs, present, self.defaults, self.epsilon)
         target = (weights[:, :, None] * probs).sum(1)
         target = target / target.sum(-1, keepdim=True).clamp_min(1e-30)
         logits = sup.states[covered] @ model.item_embeddings()[items].T

@@ -2,7 +2,8 @@
 
 A teacher folder (`models/teachers/<name>/`) is self-contained: `backbone/` (the full model when it
 was built from a config or fully fine-tuned), `adapter/` (peft LoRA weights), `tokenizer/`,
-`extras.pt` (the family's own trainable modules) and `teacher.json` (params and training summary).
+`extras.pt` (the family's own trainable modules) and `trained.json` (params and training summary; the
+export's own card is `data/teacher/<name>/teacher.json`).
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ class Teacher(ABC):
 
 
 def read_summary(folder: Path | str) -> dict[str, Any]:
-    path = Path(folder) / "teacher.json"
+    path = Path(folder) / "trained.json"
     if not path.is_file():
-        raise DataError(f"{folder} is not a trained teacher (no teacher.json): run train_teacher")
+        raise DataError(f"{folder} is not a trained teacher (no trained.json): run train_teacher")
     return json.loads(path.read_text())
 
 

@@ -115,15 +115,15 @@ def whole_word_ids(tokens: Sequence[str]) -> list[int]:
 
 
 @dataclass
-class Encoded:
+class PromptInputs:
     """A padded encoder batch: token ids, mask and whole-word ids, [B, L] each."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     whole_word_ids: torch.Tensor
 
-    def to(self, device: torch.device) -> Encoded:
-        return Encoded(self.input_ids.to(device), self.attention_mask.to(device), self.whole_word_ids.to(device))
+    def to(self, device: torch.device) -> PromptInputs:
+        return PromptInputs(self.input_ids.to(device), self.attention_mask.to(device), self.whole_word_ids.to(device))
 
 
 def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -150,10 +150,10 @@ class Codec:
                             f"recognised (expected `user`/`item`, `_`, digits); for a tokenizer trained on the "
                             f"data, raise config.vocab_size")
 
-    def inputs(self, texts: Sequence[str]) -> Encoded:
+    def inputs(self, texts: Sequence[str]) -> PromptInputs:
         batch = self.tokenizer(list(texts), padding=True, return_tensors="pt")
         ids = batch["input_ids"]
-        return Encoded(ids, batch["attention_mask"], whole_word_from_classes(self.classes[ids]))
+        return PromptInputs(ids, batch["attention_mask"], whole_word_from_classes(self.classes[ids]))
 
     def target_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
         """Token ids of each text cut to `max_tokens`, then eos."""

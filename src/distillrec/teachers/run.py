@@ -63,7 +63,7 @@ def train_teacher(params: Params, name: str, processed: Path | str, out_dir: Pat
     with atomic_dir(out_dir) as tmp:
         teacher.save(tmp)
         summary["size_mb"] = _folder_mb(tmp)
-        write_json(tmp / "teacher.json", summary)
+        write_json(tmp / "trained.json", summary)
     log.info("saved teacher %s to %s: best epoch %d of %d (validation %.4f)", name, out_dir, state.best_epoch,
              state.epoch, state.best_metric)
     return summary

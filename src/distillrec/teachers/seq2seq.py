@@ -29,7 +29,7 @@ from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_p
                                       load_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
-from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, Encoded, TaskExamples, input_texts,
+from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, PromptInputs, TaskExamples, input_texts,
                                      item_word, pad_right, sequential_text, target_texts, template_texts, user_word)
 from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, Step, beam_search
@@ -56,7 +56,7 @@ class PODModel(torch.nn.Module):
     def extras(self) -> dict[str, torch.nn.Module]:
         return {"whole_word": self.whole_word, "prompts": self.prompts}
 
-    def embed(self, inputs: Encoded, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, inputs: PromptInputs, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder input: the task's P prompt vectors, then token + whole-word embeddings; mask grows by P."""
         tokens = self.backbone.get_input_embeddings()(inputs.input_ids) + self.whole_word(inputs.whole_word_ids)
         batch, p = tokens.shape[0], self.prompts_per_task
@@ -65,14 +65,14 @@ class PODModel(torch.nn.Module):
         mask = inputs.attention_mask
         return torch.cat([prompt, tokens], 1), torch.cat([mask.new_ones(batch, p), mask], 1)
 
-    def encode(self, inputs: Encoded, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, inputs: PromptInputs, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, mask = self.embed(inputs, task)
         return self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state, mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word_ids: torch.Tensor,
                 labels: torch.Tensor, task: int) -> torch.Tensor:
         """Mean token cross-entropy of `labels` (IGNORE positions skipped), teacher-forced."""
-        embeds, mask = self.embed(Encoded(input_ids, attention_mask, whole_word_ids), task)
+        embeds, mask = self.embed(PromptInputs(input_ids, attention_mask, whole_word_ids), task)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
 
 
@@ -238,7 +238,7 @@ class Seq2SeqTeacher(Teacher):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
 
     def inputs(self, split: SplitData, examples: TaskExamples, index: np.ndarray,
-               templates: list[int] | None) -> Encoded:
+               templates: list[int] | None) -> PromptInputs:
         """Encoder inputs of `examples[index]`; histories are the last max_history items before the target."""
         histories = None
         if examples.task == "sequential":
@@ -247,7 +247,7 @@ class Seq2SeqTeacher(Teacher):
         return self.codec.inputs(input_texts(examples, index, histories, templates))
 
     def batch(self, split: SplitData, examples: TaskExamples, index: np.ndarray, templates: list[int] | None,
-              device: torch.device) -> tuple[Encoded, torch.Tensor]:
+              device: torch.device) -> tuple[PromptInputs, torch.Tensor]:
         """Inputs and labels (item id word, or explanation cut to explanation_tokens; then eos; pads -100)."""
         labels = self.codec.labels(target_texts(examples, index), self.cfg.seq2seq.explanation_tokens)
         return self.inputs(split, examples, index, templates).to(device), labels.to(device)
