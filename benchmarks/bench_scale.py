@@ -39,7 +39,7 @@ def run_one(config: dict) -> dict:
     from distillrec.params import StudentParams, TrainParams
     from distillrec.students.base import trim_padding
     from distillrec.students.sasrec import SASRec
-    from distillrec.train.objectives import Batch, SharedNegatives, cross_entropy, gbce, sampled_softmax
+    from distillrec.train.objectives import Batch, SharedNegatives, cross_entropy, gbce, objective_of, sampled_softmax
     from distillrec.train.trainer import batch_order
 
     torch.set_num_threads(1)
@@ -57,10 +57,11 @@ def run_one(config: dict) -> dict:
     model = SASRec(n_items, StudentParams(hidden=64, layers=2, heads=2, max_length=max_length)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     if train.objective == "ce":
-        objective = cross_entropy
+        objective = objective_of(cross_entropy)
     else:
         sampler = SharedNegatives(n_items, train.negatives, train.sampler, counts)
-        objective = sampled_softmax(sampler) if train.objective == "sampled_softmax" else gbce(sampler, train.gbce_t)
+        objective = objective_of(sampled_softmax(sampler) if train.objective == "sampled_softmax"
+                                 else gbce(sampler, train.gbce_t))
     generator = torch.Generator().manual_seed(0)
     batches = batch_order(torch.as_tensor(lengths), batch_size, train.batching, generator)
     times, columns = [], []

@@ -26,7 +26,7 @@ from distillrec.params import Params, StudentParams
 from distillrec.students import STUDENTS, build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.export import ExportTables, States, TeacherExport, TopK, select_examples, write_export
-from distillrec.train.objectives import Batch, cross_entropy, sampled_bce
+from distillrec.train.objectives import Batch, cross_entropy, objective_of, sampled_bce
 from distillrec.distill.run import teacher_gate
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0}
@@ -337,7 +337,7 @@ def test_gate_switches_the_teacher_term_off_while_the_student_is_ahead(data, tea
         gated_on, logs_on = objective(model, batch)
         objective.observe({"ndcg@5": 0.06})          # the student is ahead: no teacher term
         gated_off, logs_off = objective(model, batch)
-        base, _ = cross_entropy(model, batch)
+        base, _ = objective_of(cross_entropy)(model, batch)
         objective.observe({"ndcg@5": 0.05})          # level again: the teacher term is back
         again, _ = objective(model, batch)
     assert logs_on["gate"] == 1.0 and logs_off["gate"] == 0.0
@@ -359,7 +359,7 @@ def test_uncovered_examples_add_only_the_base_loss(data, teachers):
     covered = rows >= 0
     assert 0 < logs["teacher_rows"] == int(covered.sum()) and logs["no_teacher"] == int((~covered).sum()) > 0
     with torch.no_grad():
-        base, _ = cross_entropy(model, batch)
+        base, _ = objective_of(cross_entropy)(model, batch)
         states = model.encode(batch.inputs).states[keep][covered]
         student = (states[:, None, :] * model.item_embeddings()[lookup.items[rows[covered]]]).sum(-1)
         term = softened_kl(lookup.scores[rows[covered]], student, 2.0).sum() / keep.sum()
@@ -418,7 +418,7 @@ def test_batches_without_teacher_rows_add_nothing(tmp_path, data):
     model = make_student("sasrec", data.n_items).eval()
     batch = trainer_batch(model, data, n=8)
     batch.users[:] = 2  # keys of a user the teacher does not cover (the inputs do not matter here)
-    base, _ = cross_entropy(model, batch)
+    base, _ = objective_of(cross_entropy)(model, batch)
     for method in ("dllm2rec", "prmkd", "feature", "logit_kd"):
         params = {"ed_weight": 0.0} if method == "dllm2rec" else {}
         objective = build_distill_objective(method, cross_entropy, [TeacherExport(tmp_path / "one")], data, model,
@@ -431,7 +431,9 @@ def test_batches_without_teacher_rows_add_nothing(tmp_path, data):
 def test_registry_refuses_bad_requests(data, teachers):
     model = make_student("sasrec", data.n_items)
     assert set(METHODS) == {"none", "dllm2rec", "prmkd", "feature", "logit_kd"}
-    assert build_distill_objective("none", cross_entropy, [], data, model) is cross_entropy
+    batch = trainer_batch(model, data, n=4)
+    none = build_distill_objective("none", cross_entropy, [], data, model)(model.eval(), batch)
+    assert torch.equal(none[0], objective_of(cross_entropy)(model, batch)[0])  # the base loss alone
     with pytest.raises(ParamsError, match="unknown distillation method"):
         build_distill_objective("pod", cross_entropy, [teachers["full"]], data, model)
     with pytest.raises(ParamsError, match="unknown parameter"):

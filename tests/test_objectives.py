@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from distillrec.params import Params, StudentParams, TeacherParams, TrainParams
 from distillrec.students.sasrec import SASRec
 from distillrec.train.objectives import (Batch, SharedNegatives, build_objective, cross_entropy, gbce,
-                                         sampled_softmax)
+                                         objective_of, sampled_softmax)
 from distillrec.train.trainer import batch_order
 
 N_ITEMS = 12
@@ -27,9 +27,9 @@ def model() -> SASRec:
     return SASRec(N_ITEMS, StudentParams(hidden=8, layers=1, heads=1, dropout=0.0, max_length=10)).eval()
 
 
-def gradients(objective, m: SASRec, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def gradients(base, m: SASRec, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     m.zero_grad()
-    loss, _ = objective(m, batch)
+    loss, _ = objective_of(base)(m, batch)
     loss.backward()
     return loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
 
@@ -76,15 +76,15 @@ def test_sampled_objectives_never_score_the_whole_catalogue(monkeypatch):
     monkeypatch.setattr(SASRec, "score", lambda *a: pytest.fail("full-catalogue score called"))
     for objective in (sampled_softmax(SharedNegatives(N_ITEMS, 4, "uniform")),
                       gbce(SharedNegatives(N_ITEMS, 4, "uniform"), 0.75)):
-        loss, logs = objective(m, batch)
+        loss, logs = objective_of(objective)(m, batch)
         assert torch.isfinite(loss) and len(logs) == 1
 
 
 def test_gbce_is_bce_at_t0_and_beta_is_one_when_every_other_item_is_a_negative():
     m, batch = model(), tiny_batch()
     sampler = SharedNegatives(N_ITEMS, 4, "uniform")
-    loss0, _ = gbce(sampler, 0.0)(m, batch)
-    loss1, _ = gbce(sampler, 1.0)(m, tiny_batch())  # same seed: same negatives
+    loss0, _ = objective_of(gbce(sampler, 0.0))(m, batch)
+    loss1, _ = objective_of(gbce(sampler, 1.0))(m, tiny_batch())  # same seed: same negatives
     states = m.encode(batch.inputs).states[batch.targets > 0]
     targets = batch.targets[batch.targets > 0]
     negatives = sampler.draw(tiny_batch().generator)  # what the objective drew from the same stream
@@ -98,8 +98,8 @@ def test_gbce_is_bce_at_t0_and_beta_is_one_when_every_other_item_is_a_negative()
     expected = -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean()
     assert torch.allclose(loss1, expected, atol=1e-5)
     all_others = SharedNegatives(N_ITEMS, N_ITEMS - 1, "uniform")  # K = N' - 1: alpha = 1, beta = 1 for any t
-    a, _ = gbce(all_others, 0.0)(m, tiny_batch(3))
-    b, _ = gbce(all_others, 1.0)(m, tiny_batch(3))
+    a, _ = objective_of(gbce(all_others, 0.0))(m, tiny_batch(3))
+    b, _ = objective_of(gbce(all_others, 1.0))(m, tiny_batch(3))
     assert torch.allclose(a, b)
 
 
@@ -118,7 +118,9 @@ def test_build_objective_names(small_split):
     from distillrec.data.splitdata import SplitData
 
     data = SplitData.load(small_split)
-    assert build_objective(Params().train, data) is cross_entropy
+    batch = tiny_batch()
+    full = build_objective(Params().train, data)(model(), batch)[0]
+    assert torch.equal(full, objective_of(cross_entropy)(model(), batch)[0])
     popular = build_objective(TrainParams(objective="sampled_softmax", negatives=16, sampler="popularity"), data)
     loss, logs = popular(SASRec(data.n_items, StudentParams(hidden=8, layers=1, heads=1)), tiny_batch())
     assert "sampled_ce" in logs and torch.isfinite(loss)

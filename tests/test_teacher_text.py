@@ -20,7 +20,7 @@ from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, me
 from distillrec.teachers.text import TextTeacher, with_text_rows
 from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.train.loop import epoch_generator
-from distillrec.train.objectives import Batch, cross_entropy
+from distillrec.train.objectives import Batch, cross_entropy, objective_of
 
 MINILM = Path(__file__).resolve().parents[2] / "shared" / "models" / "all-MiniLM-L6-v2"
 COLD = {"item_id": "cold", "title": "Solar camping lantern", "description": "A folding lantern that charges in the sun",
@@ -115,7 +115,7 @@ def test_an_encoder_update_invalidates_the_cache(data, encoder):
     assert text.passes == 1   # unchanged weights: served from the cache
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    loss, _ = with_text_rows(cross_entropy)(model, _batch(teacher, data))
+    loss, _ = with_text_rows(objective_of(cross_entropy))(model, _batch(teacher, data))
     loss.backward()
     lora = [p for n, p in text.encoder.named_parameters() if "lora_B" in n]
     assert any(p.grad.abs().sum() > 0 for p in lora)   # the batch's items were re-encoded with gradient
@@ -241,7 +241,7 @@ def test_encoder_lr_puts_the_encoder_in_its_own_group(data, encoder, tmp_path):
     cfg = config(encoder)
     teacher = TextTeacher.create(cfg, data)
     trainer = TextTrainer(teacher.module, data.split, sasrec_params(cfg.text), train_params(cfg, None),
-                          cross_entropy, tmp_path, tmp_path, "run", 0, encoder_lr=1e-4)
+                          objective_of(cross_entropy), tmp_path, tmp_path, "run", 0, encoder_lr=1e-4)
     rest, encoder_group = trainer.optimizer.param_groups
     lora = {id(p) for n, p in teacher.encoder.named_parameters() if "lora_" in n}
     assert {id(p) for p in encoder_group["params"]} == lora and encoder_group["lr"] == 1e-4

@@ -1,7 +1,8 @@
 """Distillation losses by name: each wraps the base objective and adds terms found by batch key.
 
-`build_distill_objective` is the only constructor the pipeline calls. What it returns is an
-Objective (model, batch) -> (loss, logs); every method except "none" returns an nn.Module whose
+`build_distill_objective` is the only constructor the pipeline calls. It wraps a base loss
+(model, batch, step) -> (loss, logs) of `train.objectives` and returns the trainer's Objective
+(model, batch) -> (loss, logs); every method except "none" returns an nn.Module whose
 own parameters (projectors, heads) the optimiser must include, and DLLM2Rec's embedding
 distillation attaches an `item_adapter` to the student itself (so build the objective before
 the optimiser; see `trainable_parameters`).
@@ -19,12 +20,13 @@ from distillrec.data.splitdata import SplitData
 from distillrec.distill.dllm2rec import DLLM2Rec, ItemAdapter, attach_item_adapter
 from distillrec.distill.feature import FeatureDistill
 from distillrec.distill.logit_kd import LogitKD
-from distillrec.distill.lookup import DistillObjective, TeacherLookup
+from distillrec.distill.lookup import TeacherLookup
+from distillrec.distill.objective import DistillObjective
 from distillrec.distill.prmkd import PRMKD
 from distillrec.errors import ParamsError
 from distillrec.students.base import Student
 from distillrec.teachers.export import TeacherExport
-from distillrec.train.objectives import Objective
+from distillrec.train.objectives import BaseLoss, Objective, objective_of
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,16 @@ __all__ = ["METHODS", "DLLM2Rec", "DistillObjective", "FeatureDistill", "ItemAda
            "TeacherLookup", "attach_item_adapter", "build_distill_objective", "trainable_parameters"]
 
 
-def build_distill_objective(method: str, base: Objective, teachers: list[TeacherExport], data: SplitData,
+def build_distill_objective(method: str, base: BaseLoss, teachers: list[TeacherExport], data: SplitData,
                             student: Student, **method_params: Any) -> Objective:
-    """The objective of `method` around `base`; teachers are checked against `data` here."""
+    """The objective of `method` around the base loss; teachers are checked against `data` here."""
     if method not in METHODS:
         raise ParamsError(f"unknown distillation method {method!r}; expected one of {', '.join(METHODS)}")
     cls, n_teachers = METHODS[method]
     if cls is None:
         if method_params:
             raise ParamsError(f"distillation method 'none' takes no parameters, got {sorted(method_params)}")
-        return base
+        return objective_of(base)
     if not teachers or (n_teachers is not None and len(teachers) != n_teachers):
         raise ParamsError(f"distillation method {method!r} takes "
                           f"{'one teacher' if n_teachers == 1 else 'one or more teachers'}, got {len(teachers)}")

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillrec.distill.lookup import DistillObjective, SharedEncode, Supervised, TeacherLookup, TermResult, standardised
+from distillrec.distill.lookup import TeacherLookup
+from distillrec.distill.objective import DistillObjective, Supervised, TermResult, standardised
 from distillrec.errors import DataError
 from distillrec.students.base import Student
 
@@ -162,7 +163,7 @@ class DLLM2Rec(DistillObjective):
                                 "distillation (ed_weight > 0) needs item_embeddings.parquet; set ed_weight: 0")
             attach_item_adapter(student, lookup.item_embeddings, ed_weight)
 
-    def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
+    def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         rows = self.lookup.topk_rows(sup.users, sup.positions)
         covered = rows >= 0
         rows = rows[covered]

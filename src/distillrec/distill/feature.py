@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillrec.distill.lookup import (DistillObjective, SharedEncode, Supervised, TeacherLookup, TermResult,
-                                       standardised)
+from distillrec.distill.lookup import TeacherLookup
+from distillrec.distill.objective import DistillObjective, Supervised, TermResult, standardised
 from distillrec.errors import DataError
 from distillrec.students.base import Student
 
@@ -82,7 +82,7 @@ class FeatureDistill(DistillObjective):
                 nn.init.eye_(head.weight)
                 self.heads.append(head)
 
-    def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
+    def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         rows = self.lookup.state_rows(sup.users, sup.positions)
         covered = rows >= 0
         teacher = (self.lookup.states[rows[covered]] - self.mean) / self.std
@@ -95,7 +95,7 @@ class FeatureDistill(DistillObjective):
             logs[f"feature_block{block}"] = distance.mean().item() if len(distance) else 0.0
         return values, covered, logs
 
-    def student_term(self, model: SharedEncode, sup: Supervised) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def student_term(self, model: Student, sup: Supervised) -> tuple[torch.Tensor | None, dict[str, float]]:
         if not len(self.heads):
             return None, {}
         losses = [F.cross_entropy(model.score(head(block[sup.keep])), sup.targets)

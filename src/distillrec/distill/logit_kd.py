@@ -20,7 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distillrec.distill.lookup import DistillObjective, SharedEncode, Supervised, TeacherLookup, TermResult
+from distillrec.students.base import Student
+from distillrec.distill.lookup import TeacherLookup
+from distillrec.distill.objective import DistillObjective, Supervised, TermResult
 from distillrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class LogitKD(DistillObjective):
                                 f"(a row's exp(score) sums to {mass:.3g} > 1); logit_kd.floor 'residual' "
                                 "needs them, use floor: margin")
 
-    def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
+    def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         rows = self.lookup.topk_rows(sup.users, sup.positions)
         covered = rows >= 0
         rows = rows[covered]

@@ -1,4 +1,4 @@
-"""Teacher rows by batch key, and the wrapper every distillation loss shares.
+"""Teacher rows by batch key (the base of every distillation loss is `distill/objective.py`).
 
 DLLM2Rec aligned teacher rows to student rows by row order (docs/methods.md §1). Here a teacher
 row is only ever found by its (user_idx, position) key, through a dense index over the split's
@@ -10,21 +10,14 @@ Only TRAINING examples are indexed: a student never distils a teacher's valid/te
 
 from __future__ import annotations
 
-import itertools
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-from torch import nn
 
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import DataError
-from distillrec.students.base import Encoded, Student
 from distillrec.teachers.export import TeacherExport
 
 log = logging.getLogger(__name__)
@@ -154,116 +147,3 @@ class TeacherLookup:
         if self._state_index is None:
             return torch.full_like(positions, -1)
         return self._rows(self._state_index, users, positions)
-
-
-@dataclass
-class Supervised:
-    """The batch's supervised positions, flattened in `targets > 0` order: what teacher terms see."""
-
-    encoded: Encoded
-    keep: torch.Tensor            # [B, L] bool
-    states: torch.Tensor          # [M, d]
-    targets: torch.Tensor         # [M]
-    users: torch.Tensor           # [M]
-    positions: torch.Tensor       # [M]
-    logits: torch.Tensor | None   # [M, N + 1] if the base objective scored the full catalogue (with grad)
-
-
-class SharedEncode:
-    """The student as the base objective sees it: `encode` of the batch returns the states already
-    computed, so base loss and teacher term share one forward pass. The first full-catalogue
-    `score` of the M supervised states is kept (CE computes it anyway; RD reuses it for the
-    student's top-K and logit KD for its softmax)."""
-
-    def __init__(self, model: Student, inputs: torch.Tensor, encoded: Encoded, supervised: int):
-        self.model, self.inputs, self.encoded, self.supervised = model, inputs, encoded, supervised
-        self.logits: torch.Tensor | None = None
-
-    def encode(self, history: torch.Tensor) -> Encoded:
-        return self.encoded if history is self.inputs else self.model.encode(history)
-
-    def score(self, states: torch.Tensor) -> torch.Tensor:
-        logits = self.model.score(states)
-        if self.logits is None and logits.shape == (self.supervised, self.model.n_items + 1):
-            self.logits = logits
-        return logits
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-
-TermResult = tuple[torch.Tensor, torch.Tensor, dict[str, float]]
-
-
-class DistillObjective(nn.Module, ABC):
-    """base loss + weight · (Σ over covered supervised examples of the teacher term) / M.
-
-    M counts every supervised example, so an example without a teacher row adds its base loss
-    only and a covered one adds base + weight · term: the teacher's per-example weight does not
-    depend on how many neighbours in the batch happen to be covered. Subclasses implement
-    `teacher_term`; `student_term` may add teacher-free extras (multi-block heads). Parameters
-    of the loss (projectors, heads) are this module's; the student is never registered here.
-    """
-
-    name = "distill"
-
-    def __init__(self, base: Callable[..., tuple[torch.Tensor, dict[str, float]]], weight: float):
-        super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        self.base, self.weight = base, weight
-        self.register_buffer("gate", torch.ones(()))  # a buffer: checkpointed, so a resumed run keeps it
-        self.gate_metric: tuple[str, float] | None = None
-
-    def enable_gate(self, metric: str, teacher_value: float) -> None:
-        """Teacher terms only while the teacher's validation `metric` is at least the student's latest."""
-        self.gate_metric = (metric, teacher_value)
-
-    def observe(self, valid: dict[str, float]) -> None:
-        """After each validation: a student that now ranks validation better than its teacher stops
-        learning from it (a weaker teacher would pull it down); it resumes if it falls behind again."""
-        if self.gate_metric is not None:
-            metric, teacher_value = self.gate_metric
-            self.gate.fill_(float(valid[metric] <= teacher_value))
-
-    def _follow(self, device: torch.device) -> None:
-        """Moves the loss's own tensors to the batch's device if the trainer has not (first call only:
-        parameters keep their identity, so an optimiser built before still holds them)."""
-        first = next(itertools.chain(self.parameters(), self.buffers()), None)
-        if first is not None and first.device != device:
-            log.info("moving the %s loss's parameters to %s", self.name, device)
-            self.to(device)
-
-    @abstractmethod
-    def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
-        """(per-example values [M_covered], covered [M] bool, logs)."""
-
-    def student_term(self, model: SharedEncode, sup: Supervised) -> tuple[torch.Tensor | None, dict[str, float]]:
-        return None, {}
-
-    def forward(self, model: Student, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        self._follow(batch.inputs.device)
-        encoded = model.encode(batch.inputs)
-        keep = batch.targets > 0
-        m = int(keep.sum())
-        shared = SharedEncode(model, batch.inputs, encoded, m)
-        loss, logs = self.base(shared, batch)
-        users = batch.users[:, None].expand_as(batch.targets)[keep]
-        sup = Supervised(encoded, keep, encoded.states[keep], batch.targets[keep], users,
-                         batch.positions[keep], shared.logits)
-        values, covered, extra = self.teacher_term(shared, sup, batch)
-        term = values.sum() / max(m, 1)
-        logs = {**logs, **extra, self.name: term.item(), "teacher_rows": int(covered.sum()),
-                "no_teacher": int((~covered).sum()), "gate": self.gate.item()}
-        loss = loss + self.weight * self.gate * term
-        more, more_logs = self.student_term(shared, sup)
-        if more is not None:
-            loss = loss + more
-        return loss, {**logs, **more_logs}
-
-
-def standardised(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) per column: teacher vectors (LLM hidden states) have arbitrary, large scales."""
-    mean = table.mean(0) if len(table) else torch.zeros(table.shape[1])
-    std = table.std(0) if len(table) > 1 else torch.ones(table.shape[1])
-    return mean, std.clamp_min(1e-6)

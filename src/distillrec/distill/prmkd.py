@@ -26,7 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distillrec.distill.lookup import DistillObjective, SharedEncode, Supervised, TeacherLookup, TermResult
+from distillrec.students.base import Student
+from distillrec.distill.lookup import TeacherLookup
+from distillrec.distill.objective import DistillObjective, Supervised, TermResult
 from distillrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ class PRMKD(DistillObjective):
         safe = rows.clamp_min(0)
         return topk_scores(lookup.items[safe], lookup.scores[safe], columns, len(items), self.floor_margin), present
 
-    def teacher_term(self, model: SharedEncode, sup: Supervised, batch: Any) -> TermResult:
+    def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         items = torch.unique(sup.targets)
         columns = torch.full((model.n_items + 1,), -1, dtype=torch.long, device=items.device)
         columns[items] = torch.arange(len(items), device=items.device)

@@ -16,7 +16,7 @@ from distillrec.distill.llm_init import init_item_table
 from distillrec.io import sha256_file
 from distillrec.params import Params, method_parts
 from distillrec.students import Student
-from distillrec.train.objectives import Objective, build_objective
+from distillrec.train.objectives import Objective, build_base, build_objective
 from distillrec.train.run import train_student
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
         kwargs["teacher_weights"] = [s if s is not None else (sum(known) / len(known) if known else 1.0)
                                      for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
-    objective = build_distill_objective(method, build_objective(params.train, data), exports, data, model, **kwargs, **extra)
+    objective = build_distill_objective(method, build_base(params.train, data), exports, data, model, **kwargs, **extra)
     identity |= {"method": method, "params": getattr(params.distill, method).model_dump(mode="json"),
                  "teachers": {e.name: e.content_id() for e in exports},
                  "gate": teacher_gate(params, objective, valid) if params.distill.gate else None}

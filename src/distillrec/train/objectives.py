@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from distillrec.data.splitdata import SplitData
 from distillrec.params import TrainParams
-from distillrec.students.base import Student
+from distillrec.students.base import Encoded, Student
 
 
 @dataclass
@@ -33,28 +33,48 @@ class Batch:
     generator: torch.Generator
 
 
-Objective = Callable[[Student, Batch], tuple[torch.Tensor, dict[str, float]]]
+@dataclass
+class Step:
+    """A batch encoded once, at its supervised positions: what the base loss and every teacher term
+    of a distillation objective read (so the student's forward pass runs once per step)."""
+
+    encoded: Encoded
+    keep: torch.Tensor                  # [B, L] bool: supervised positions
+    states: torch.Tensor                # [M, d] states at those positions
+    targets: torch.Tensor               # [M]
+    logits: torch.Tensor | None = None  # [M, N + 1], set by a base loss that scored the whole catalogue
 
 
-def supervised_states(model: Student, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """States and targets at supervised positions only: no logits are computed for padding."""
-    states = model.encode(batch.inputs).states
+def encode_step(model: Student, batch: Batch) -> Step:
+    """Encodes `batch`; no logits are computed for padding."""
+    encoded = model.encode(batch.inputs)
     keep = batch.targets > 0
-    return states[keep], batch.targets[keep]
+    return Step(encoded, keep, encoded.states[keep], batch.targets[keep])
 
 
-def cross_entropy(model: Student, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Softmax cross-entropy over the full catalogue at every supervised position."""
-    states, targets = supervised_states(model, batch)
-    loss = F.cross_entropy(model.score(states), targets)
+Loss = tuple[torch.Tensor, dict[str, float]]
+BaseLoss = Callable[[Student, Batch, Step], Loss]   # the supervised loss; distillation adds terms to it
+Objective = Callable[[Student, Batch], Loss]        # what the trainer calls
+
+
+def objective_of(base: BaseLoss) -> Objective:
+    """The trainer's objective for a base loss alone (no teacher)."""
+    return lambda model, batch: base(model, batch, encode_step(model, batch))
+
+
+def cross_entropy(model: Student, batch: Batch, step: Step) -> Loss:
+    """Softmax cross-entropy over the full catalogue at every supervised position; keeps the logits
+    in `step` (RD reuses them for the student's top K, logit KD for its softmax)."""
+    step.logits = model.score(step.states)
+    loss = F.cross_entropy(step.logits, step.targets)
     return loss, {"ce": loss.item()}
 
 
-def sampled_bce(negatives: int) -> Objective:
+def sampled_bce(negatives: int) -> BaseLoss:
     """BCE with `negatives` uniformly sampled items per target (SASRec/DLLM2Rec style)."""
 
-    def objective(model: Student, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        states, targets = supervised_states(model, batch)
+    def loss_of(model: Student, batch: Batch, step: Step) -> Loss:
+        states, targets = step.states, step.targets
         table = model.item_embeddings()
         shape = (len(targets), negatives)
         neg = torch.randint(1, model.n_items + 1, shape, generator=batch.generator).to(targets.device)
@@ -65,7 +85,7 @@ def sampled_bce(negatives: int) -> Objective:
         loss = -(F.logsigmoid(pos_logit).mean() + F.logsigmoid(-neg_logit).sum(-1).mean())
         return loss, {"bce": loss.item()}
 
-    return objective
+    return loss_of
 
 
 class SharedNegatives:
@@ -105,12 +125,12 @@ class SharedNegatives:
         return math.log(self.negatives) + self.probs.to(negatives.device)[negatives - 1].log()
 
 
-def shared_negative_logits(model: Student, batch: Batch, sampler: SharedNegatives
+def shared_negative_logits(model: Student, batch: Batch, step: Step, sampler: SharedNegatives
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive logits [M], negative logits [M, K], the negatives' log expected counts [K]) at the
     supervised positions; a negative that is the position's own target (or an item the model's
     training scores leave out) is masked to -inf."""
-    states, targets = supervised_states(model, batch)
+    states, targets = step.states, step.targets
     negatives = sampler.draw(batch.generator).to(targets.device)
     table = model.item_embeddings()
     positive = (states * table[targets]).sum(-1)
@@ -121,19 +141,19 @@ def shared_negative_logits(model: Student, batch: Batch, sampler: SharedNegative
     return positive, negative, sampler.log_expected(negatives)
 
 
-def sampled_softmax(sampler: SharedNegatives) -> Objective:
+def sampled_softmax(sampler: SharedNegatives) -> BaseLoss:
     """Softmax cross-entropy of the target against the logQ-corrected shared negatives (Jean et al. 2015)."""
 
-    def objective(model: Student, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        positive, negative, log_expected = shared_negative_logits(model, batch, sampler)
+    def loss_of(model: Student, batch: Batch, step: Step) -> Loss:
+        positive, negative, log_expected = shared_negative_logits(model, batch, step, sampler)
         logits = torch.cat([positive[:, None], negative - log_expected], dim=1)
         loss = -torch.log_softmax(logits, dim=1)[:, 0].mean()
         return loss, {"sampled_ce": loss.item()}
 
-    return objective
+    return loss_of
 
 
-def gbce(sampler: SharedNegatives, t: float) -> Objective:
+def gbce(sampler: SharedNegatives, t: float) -> BaseLoss:
     """gSASRec's generalised BCE (Petrov & Macdonald, RecSys'23): BCE over uniform negatives with the
     positive's log-sigmoid raised to beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = K / (N - 1);
     t = 1 undoes the overconfidence that negative sampling teaches, t = 0 is plain BCE."""
@@ -142,19 +162,24 @@ def gbce(sampler: SharedNegatives, t: float) -> Objective:
     alpha = sampler.negatives / max(sampler.n_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
 
-    def objective(model: Student, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        positive, negative, _ = shared_negative_logits(model, batch, sampler)  # uniform: no correction
+    def loss_of(model: Student, batch: Batch, step: Step) -> Loss:
+        positive, negative, _ = shared_negative_logits(model, batch, step, sampler)  # uniform: no correction
         loss = -(beta * F.logsigmoid(positive) + F.logsigmoid(-negative).sum(-1)).mean()
         return loss, {"gbce": loss.item()}
 
-    return objective
+    return loss_of
 
 
-def build_objective(train: TrainParams, data: SplitData) -> Objective:
-    """The base objective named by `train.objective` (popularity negatives follow `data`'s training counts)."""
+def build_base(train: TrainParams, data: SplitData) -> BaseLoss:
+    """The base loss named by `train.objective` (popularity negatives follow `data`'s training counts)."""
     if train.objective == "ce":
         return cross_entropy
     if train.objective == "bce":
         return sampled_bce(train.negatives)
     sampler = SharedNegatives(data.n_items, train.negatives, train.sampler, data.training_counts())
     return sampled_softmax(sampler) if train.objective == "sampled_softmax" else gbce(sampler, train.gbce_t)
+
+
+def build_objective(train: TrainParams, data: SplitData) -> Objective:
+    """The trainer's objective without a teacher."""
+    return objective_of(build_base(train, data))
