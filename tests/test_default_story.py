@@ -8,34 +8,18 @@ teacher knew less than the student.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.pipelinerun import default_params, run_pipeline
 
 pytestmark = pytest.mark.slow
 
-STAGES = [("ingest",), ("split",), ("embed_items", "minilm"), ("train_teacher", "fusion"),
-          ("export_teacher", "fusion"), ("train_student", "42"), ("distill", "dllm2rec", "42"),
-          ("evaluate",)]
-
 
 def test_knowledge_teacher_and_distilled_student_beat_the_baseline(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["dataset"]["synthetic"] |= {"n_users": 600, "n_items": 1200}
-    params["teachers"] = {"fusion": params["teachers"]["fusion"]}
-    params["distill"] |= {"methods": ["dllm2rec"], "teachers": ["fusion"]}
+    params = default_params(n_users=600, n_items=1200)
     params["evaluate"]["latency_repeats"] = 5
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {"TQDM_DISABLE": "1"}
-    for stage, *args in STAGES:
-        result = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=tmp_path,
-                                capture_output=True, text=True, env=env, timeout=600)
-        assert result.returncode == 0, f"{stage} {args} failed:\n{result.stderr[-3000:]}"
+    run_pipeline(tmp_path, params)
     rows = {name: json.loads((tmp_path / "metrics" / "rows" / f"{name}.json").read_text())
             for name in ("popularity", "teacher-fusion", "baseline", "dllm2rec")}
     story = json.loads((tmp_path / "metrics" / "eval.json").read_text())

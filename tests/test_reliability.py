@@ -311,10 +311,17 @@ def test_weights_only_refuses_a_pickle_in_model_pt_without_running_it(student, t
 
 # --- one writer per checkpoint folder -------------------------------------------------------------
 
-def test_a_checkpoint_folder_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
-    import os
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a killed run leaves in its lock and temp names)."""
     import subprocess
     import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_a_checkpoint_folder_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
+    import os
 
     from distillrec.io import LOCK, folder_lock
 
@@ -326,12 +333,37 @@ def test_a_checkpoint_folder_held_by_a_live_process_is_refused_and_a_stale_lock_
                 pass
     assert not (folder / LOCK).exists()   # released
     # a lock left by a process that no longer runs (a killed stage) is taken over
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    (folder / LOCK).write_text(dead)
+    dead = dead_pid()
+    (folder / LOCK).write_text(str(dead))
     with caplog.at_level(logging.WARNING), folder_lock(folder):
         assert (folder / LOCK).read_text() == str(os.getpid())
     assert f"taking over the lock of process {dead}" in caplog.text and not (folder / LOCK).exists()
+
+
+def test_a_killed_writers_temporary_output_is_removed_by_the_next_write(tmp_path, caplog):
+    """SIGKILL leaves `.<name>.tmp-<pid>` (and, mid-replace, `.<name>.old-<pid>`): the next write of
+    <name> removes those of dead processes, and nothing of a live writer or of another output."""
+    import os
+
+    from distillrec.io import atomic_dir, atomic_file
+
+    dead = dead_pid()
+    stale = [tmp_path / f".out.tmp-{dead}", tmp_path / f".out.old-{dead}"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "half.parquet").write_bytes(b"PAR1")
+    (tmp_path / f".out.json.tmp-{dead}").write_text("{")
+    kept = [tmp_path / f".out.tmp-{os.getppid()}", tmp_path / f".other.tmp-{dead}", tmp_path / f".out.tmp-{dead}x"]
+    for folder in kept:
+        folder.mkdir()
+    with caplog.at_level(logging.INFO, logger="distillrec.io"), atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "done.parquet").write_bytes(b"PAR1")
+    left = {"out", f".out.json.tmp-{dead}", *(p.name for p in kept)}   # out.json's is not this write's
+    assert {p.name for p in tmp_path.iterdir()} == left
+    assert all(f"removing {p}, left by a run that was killed" in caplog.text for p in stale)
+    with atomic_file(tmp_path / "out.json") as tmp:
+        tmp.write_text("{}")
+    assert not (tmp_path / f".out.json.tmp-{dead}").exists() and (tmp_path / "out.json").read_text() == "{}"
 
 
 def test_training_refuses_a_checkpoint_folder_another_run_is_writing(tmp_path, small_split):

@@ -1,7 +1,9 @@
 """Atomic outputs, hashing and logging shared by every stage.
 
 Stages write to a temporary sibling and rename when complete, so a failed or interrupted run
-never leaves a half-written output that DVC or a later stage could mistake for a result.
+never leaves a half-written output that DVC or a later stage could mistake for a result. A run
+killed outright (SIGKILL, out of memory) cannot clean its temporary sibling up; the next write of
+the same output removes it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,14 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _stale_siblings(path: Path) -> list[Path]:
+    """Temporary siblings of `path` (`_tmp_sibling`, `_replace`'s `.old-`) left by processes that no
+    longer run: a killed run's half-written output."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)")
+    found = (pattern.fullmatch(p.name) for p in path.parent.iterdir())
+    return [path.with_name(m[0]) for m in found if m and int(m[1]) != os.getpid() and not _running(int(m[1]))]
 
 
 def _replace(tmp: Path, final: Path) -> None:
@@ -53,6 +64,9 @@ def _discard(path: Path) -> None:
 def _atomic(final: Path | str, is_dir: bool) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_siblings(final):
+        log.info("removing %s, left by a run that was killed", stale)
+        _discard(stale)
     tmp = _tmp_sibling(final)
     _discard(tmp)
     if is_dir:
