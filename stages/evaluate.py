@@ -18,8 +18,8 @@ def main(params):
     cfg = params.evaluate
     evaluator = Evaluator("data/processed", cfg, params.train.device)
     evaluator.add_popularity()
-    teachers = [f"teacher-{name}" for name in params.teachers]
-    for name, row in zip(params.teachers, teachers):
+    teachers = [f"teacher-{name}" for name in params.teacher_names]  # trained, then imported
+    for name, row in zip(params.teacher_names, teachers):
         evaluator.add_teacher(row, f"data/teacher/{name}")
     curves = {}
     for method in ["none", *params.distill.runs]:

@@ -2,8 +2,8 @@
 
 Ingest rows run the real `run_ingest` over a previously written output folder and check that a
 failure raises the project's error type, names the file (and line, where there is one), leaves
-the previous output byte for byte and leaves no temporary folder next to it. Import rows run the
-`import` teacher; serving rows run `python -m distillrec recommend` and expect rc 2 and a message.
+the previous output byte for byte and leaves no temporary folder next to it. Import rows run
+`import_teacher` (stage import_teacher@<name>); serving rows run `python -m distillrec recommend` and expect rc 2 and a message.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ import torch
 from distillrec.cli import main as cli_main
 from distillrec.data.ingest import run_ingest
 from distillrec.errors import BadLineError, DataError, DistillrecError, MissingFilesError
-from distillrec.params import StudentParams, TeacherParams
+from distillrec.params import ImportParams, Params, StudentParams
 from distillrec.students import build_student
 from distillrec.students.saved import save_student
-from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
-from distillrec.teachers.export import write_export
-from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS
+from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS, import_teacher
 from tests import rawfiles as rf
 from tests.rawfiles import BOM, gz, lines, review, truncated_gz
 
@@ -325,9 +323,6 @@ IMPORT_CASES = [
     imported("import-empty-ranks", lambda f: (f / RANKS).write_bytes(b""), DataError, RANKS, None, "the file is empty"),
 ]
 
-INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0,
-        "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
-
 
 def write_dllm2rec_folder(folder: Path, data: TeacherData, k: int = 4) -> None:
     """A valid DLLM2Rec teacher folder for every training example of the split."""
@@ -347,30 +342,27 @@ def teacher_data(small_split):
     return TeacherData.load(small_split)
 
 
+def imports(folder: Path) -> Params:
+    return Params(imports={"ext": ImportParams(format="dllm2rec", path=str(folder), rows="rows.csv")})
+
+
 @pytest.mark.parametrize("case", IMPORT_CASES)
-def test_import_teacher_refuses_bad_files_naming_them(tmp_path, teacher_data, case: Case):
+def test_import_teacher_refuses_bad_files_naming_them(tmp_path, small_split, teacher_data, case: Case):
     folder = tmp_path / "dllm2rec"
     write_dllm2rec_folder(folder, teacher_data)
     case.corrupt(folder)
-    cfg = TeacherParams.model_validate({"family": "import", "imported": {
-        "format": "dllm2rec", "path": str(folder), "rows": str(folder / "rows.csv")}})
     with pytest.raises(case.error) as info:
-        teacher = teacher_class("import").create(cfg, teacher_data)
-        tables = teacher.export(teacher_data, teacher_data.split.examples, cfg.export)
-        write_export(tmp_path / "export", tables, teacher_data.split.examples, teacher_data.n_items, INFO)
+        import_teacher(imports(folder), "ext", small_split, tmp_path / "export")
     _names_file_and_line(info.value, folder / case.file, case)
     assert not (tmp_path / "export").exists()
     assert not (folder / "executed").exists()  # the pickle was refused, never run
 
 
-def test_the_valid_import_folder_imports(tmp_path, teacher_data):
+def test_the_valid_import_folder_imports(tmp_path, small_split, teacher_data):
     """The fixture the import rows corrupt is itself valid."""
     folder = tmp_path / "dllm2rec"
     write_dllm2rec_folder(folder, teacher_data)
-    cfg = TeacherParams.model_validate({"family": "import", "imported": {
-        "format": "dllm2rec", "path": str(folder), "rows": str(folder / "rows.csv")}})
-    tables = teacher_class("import").create(cfg, teacher_data).export(teacher_data, teacher_data.split.examples, cfg.export)
-    write_export(tmp_path / "export", tables, teacher_data.split.examples, teacher_data.n_items, INFO)
+    import_teacher(imports(folder), "ext", small_split, tmp_path / "export")
     assert (tmp_path / "export" / "teacher.json").is_file()
 
 

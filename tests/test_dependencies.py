@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillrec.params import STUDENT_TRAINING, TeacherParams, TrainParams
+from distillrec.params import STUDENT_TRAINING, TEACHER_FAMILIES, TEACHER_SECTIONS, TrainParams
 from tests.conftest import REPO
 
 SRC = REPO / "src"
@@ -142,10 +142,23 @@ def test_student_stages_declare_every_training_setting(name):
 
 
 def test_teacher_stages_declare_every_setting_that_changes_the_teacher():
-    training = set(declared_params(stages()["train_teacher"]))
-    assert training == {f"teachers.${{key}}.{f}" for f in TeacherParams.model_fields} - {"teachers.${key}.export"}
+    # every family has the same keys, so one fixed list declares any family's training settings and
+    # nothing else: `export` re-runs only the export
+    for family, cls in TEACHER_FAMILIES.items():
+        assert tuple(cls.model_fields) == TEACHER_SECTIONS, family
+    training = declared_params(stages()["train_teacher"])
+    assert training == [f"teachers.${{key}}.{part}" for part in TEACHER_SECTIONS if part != "export"]
     assert declared_params(stages()["export_teacher"]) == ["teachers.${key}"]
     assert set(STUDENT_TRAINING) <= set(TrainParams.model_fields)  # the teachers' objective fields are students'
+
+
+def test_import_stage_declares_its_params_and_the_imported_folder():
+    stage = stages()["import_teacher"]
+    assert stage["foreach"] == "${imports}"
+    assert declared_params(stage) == ["imports.${key}"]
+    deps = body(stage)["deps"]
+    assert "${item.path}" in deps and "data/processed" in deps  # the files, checked against the split
+    assert body(stage)["outs"] == ["data/teacher/${key}"]  # where distill and evaluate read every teacher
 
 
 def import_graph() -> dict[str, set[str]]:

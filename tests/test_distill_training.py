@@ -11,7 +11,7 @@ from distillrec.data.splitdata import SplitData
 from distillrec.evaluate.evaluation import Evaluator
 from distillrec.evaluate.compare import aggregate, paired_comparison
 from distillrec.evaluate.report import markdown_table
-from distillrec.params import DistillParams, EvaluateParams, Params, StudentParams, TeacherParams, TrainParams
+from distillrec.params import DistillParams, EvaluateParams, Params, Seq2SeqTeacherParams, StudentParams, TrainParams
 from distillrec.teachers.export import ExportTables, TopK, select_examples, write_export
 from distillrec.distill.run import distill_student
 from tests.conftest import small_params
@@ -94,7 +94,7 @@ def params(method: str) -> Params:
                             dllm2rec={"ed_weight": 0.0, "top_k": 4})
     return Params(student=StudentParams(hidden=32, layers=1, heads=1, max_length=20, dropout=0.2),
                   train=TrainParams(epochs=12, patience=12, batch_size=16, lr=3e-3, seeds=[5]),
-                  teachers={"t": TeacherParams()}, distill=distill)
+                  teachers={"t": Seq2SeqTeacherParams()}, distill=distill)
 
 
 def run(tmp_path, small_split, method: str, teachers_root, name: str):

@@ -14,7 +14,8 @@ from distillrec.data.splitdata import SplitData
 from distillrec.distill.llm_init import init_item_table, pca_projection
 from distillrec.embed.store import read_item_embeddings, write_item_embeddings
 from distillrec.errors import ParamsError
-from distillrec.params import (DistillParams, Params, StudentParams, TeacherParams, TrainParams, parse_params)
+from distillrec.params import (DistillParams, FusionTeacherParams, Params, Seq2SeqTeacherParams, StudentParams, TrainParams,
+                               parse_params, validate_teacher)
 from distillrec.students import build_student
 from distillrec.students.saved import load_student
 from distillrec.teachers.registry import teacher_class
@@ -24,12 +25,12 @@ from distillrec.distill.run import distill_student
 
 
 
-def fusion_cfg(ids: bool = True, epochs: int = 6) -> TeacherParams:
-    return TeacherParams.model_validate({
+def fusion_cfg(ids: bool = True, epochs: int = 6) -> FusionTeacherParams:
+    return validate_teacher({
         "family": "fusion",
         "train": {"epochs": epochs, "patience": epochs, "batch_size": 16, "lr": 0.005, "device": "cpu"},
         "export": {"top_k": 10, "train_positions": 2, "batch_size": 64},
-        "fusion": {"embedding": "lm", "ids": ids, "hidden": 32, "layers": 1, "heads": 2, "max_length": 20,
+        "model": {"embedding": "lm", "ids": ids, "hidden": 32, "layers": 1, "heads": 2, "max_length": 20,
                    "adaptor_experts": 2, "adaptor_dropout": 0.0}})
 
 
@@ -141,7 +142,7 @@ def test_llm_init_table_equals_the_scaled_projection(small_split):
 def _params(**distill) -> Params:
     return Params(student=StudentParams(hidden=16, layers=1, heads=1, max_length=20),
                   train=TrainParams(epochs=2, patience=2, batch_size=32, seeds=[3]),
-                  teachers={"t": TeacherParams()}, embed={"lm": {}},
+                  teachers={"t": Seq2SeqTeacherParams()}, embed={"lm": {}},
                   distill=DistillParams(teachers=["t"], **distill))
 
 
@@ -191,12 +192,13 @@ def test_llm_init_alone_needs_no_teacher_and_changes_the_start(small_split, tmp_
     ({"distill": {"methods": ["llm_init"], "llm_init": {"embedding": "nope"}}}, "not an entry of `embed`"),
     ({"distill": {"llm_init": {"combine": ["logit_kd"], "embedding": "lm"}}, "embed": {"lm": {}}},
      "need at least one teacher"),
-    ({"teachers": {"f": {"family": "fusion"}}}, "needs fusion.embedding"),
-    ({"teachers": {"f": {"family": "fusion", "fusion": {"embedding": "x"}}}},
-     "teachers.f.fusion.embedding is 'x'"),
+    ({"teachers": {"f": {"family": "fusion"}}}, "'teachers.f.model': Field required"),
+    ({"teachers": {"f": {"family": "fusion", "model": {}}}}, "'teachers.f.model.embedding': Field required"),
+    ({"teachers": {"f": {"family": "fusion", "model": {"embedding": "x"}}}},
+     "teachers.f.model.embedding is 'x'"),
     ({"distill": {"methods": ["dllm2rec"], "teachers": ["t"], "dllm2rec": {"ed_table": "x"}},
-      "teachers": {"t": {}}}, "or `teacher`"),
-    ({"teachers": {"f": {"family": "fusion", "fusion": {"embedding": "x", "hidden": 30, "heads": 4}}}},
+      "teachers": {"t": {"family": "id"}}}, "or `teacher`"),
+    ({"teachers": {"f": {"family": "fusion", "model": {"embedding": "x", "hidden": 30, "heads": 4}}}},
      "divisible"),
 ])
 def test_knowledge_params_are_checked(raw, fragment):

@@ -20,7 +20,7 @@ from distillrec.data.ingest import run_ingest
 from distillrec.data.sources import load_source, movielens
 from distillrec.data.split import run_split
 from distillrec.errors import BadLineError, DataError, MissingFilesError
-from distillrec.params import IngestParams, SplitParams, TeacherParams
+from distillrec.params import IngestParams, SplitParams, validate_teacher
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from tests import rawfiles as rf
@@ -289,7 +289,7 @@ def test_the_causal_teacher_refuses_items_without_titles_clearly(tmp_path):
     run_ingest(params, tmp_path / "interim")
     run_split(params, tmp_path / "interim", tmp_path / "processed", tmp_path / "data.json")
     data = TeacherData.load(tmp_path / "processed")
-    cfg = TeacherParams.model_validate({"family": "causal"})
+    cfg = validate_teacher({"family": "causal"})
     with pytest.raises(DataError) as info:
         teacher_class("causal").create(cfg, data)
     message = str(info.value)

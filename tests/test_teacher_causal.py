@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distillrec.errors import DataError
-from distillrec.params import TeacherParams
+from distillrec.params import CausalTeacherParams, validate_teacher
 from distillrec.teachers.bigrec import PromptPieces, context_start
 from distillrec.teachers.causal import CausalTeacher
 from distillrec.teachers.data import TeacherData
@@ -22,16 +22,16 @@ from distillrec.teachers.scoring import WindowPlan, prefix_states, window_states
 SMOLLM = Path(__file__).resolve().parents[2] / "shared" / "models" / "smollm2-135m-instruct"
 
 
-def tiny(**causal) -> TeacherParams:
-    return TeacherParams.model_validate({
+def tiny(**model) -> CausalTeacherParams:
+    return validate_teacher({
         "family": "causal",
-        "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+        "model": {"finetune": "lora", "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+                  "max_history": 4, "max_title_tokens": 8} | model,
         "train": {"epochs": 1, "batch_size": 32, "sample": 96, "valid_examples": 32, "lr": 0.005, "device": "cpu"},
-        "export": {"top_k": 5, "train_positions": 2, "batch_size": 64, "grounding_beams": 2},
-        "causal": {"max_history": 4, "max_title_tokens": 8} | causal})
+        "export": {"top_k": 5, "train_positions": 2, "batch_size": 64, "grounding_beams": 2}})
 
 
-def with_ranking(cfg: TeacherParams, ranking: str) -> TeacherParams:
+def with_ranking(cfg: CausalTeacherParams, ranking: str) -> CausalTeacherParams:
     return cfg.model_copy(update={"export": cfg.export.model_copy(update={"ranking": ranking})})
 
 
@@ -110,7 +110,7 @@ def test_one_pass_scoring_equals_per_prefix_reference(trained, data):
     long_users = np.nonzero(data.split.lengths >= 12)[0][:3] + 1
     rows = data.split.examples.filter(data.split.examples["user_idx"].is_in(long_users.tolist()))
     users, positions = rows["user_idx"].to_numpy().astype(np.int64), rows["position"].to_numpy().astype(np.int64)
-    pieces, window = teacher.prompt_pieces(data), teacher.cfg.causal.max_history
+    pieces, window = teacher.prompt_pieces(data), teacher.cfg.model.max_history
     with torch.no_grad():
         plan = WindowPlan.of(users, positions, window)
         fast, passes = window_states(teacher.module.encode, pieces, data.split, plan, 4, teacher.device)
@@ -188,9 +188,9 @@ def test_grounding_ties_and_scale():
 
 
 def test_full_finetune_round_trip(data, tmp_path):
-    raw = tiny().model_dump()
+    raw = tiny(finetune="full").model_dump()
     raw["train"]["gradient_checkpointing"] = True
-    cfg = TeacherParams.model_validate(raw | {"finetune": "full"})
+    cfg = validate_teacher(raw)
     teacher = CausalTeacher.create(cfg, data)
     teacher.fit(data, tmp_path / "ckpt", tmp_path / "live", "run")
     teacher.save(tmp_path)
@@ -210,7 +210,7 @@ def test_missing_titles_are_a_data_error(data):
 
 @pytest.mark.parametrize("base", ["/nonexistent/llama", "/nonexistent/model.gguf"])
 def test_unknown_base_model_is_a_data_error(data, base):
-    cfg = TeacherParams.model_validate(tiny().model_dump() | {"base_model": base})
+    cfg = tiny(base_model=base)
     with pytest.raises(DataError, match="no such"):
         CausalTeacher.create(cfg, data)
 

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 
 from distillrec.evaluate.evaluation import Evaluator
-from distillrec.params import EvaluateParams, TeacherParams
+from distillrec.params import EvaluateParams, IdTeacherParams, validate_teacher
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 
 
-def config(**id_params) -> TeacherParams:
-    return TeacherParams.model_validate({
+def config(**id_params) -> IdTeacherParams:
+    return validate_teacher({
         "family": "id", "train": {"epochs": 15, "patience": 15, "batch_size": 16, "lr": 0.003, "device": "cpu"},
         "export": {"top_k": 10, "train_positions": 2, "batch_size": 64},
-        "id": {"model": "sasrec", "hidden": 32, "layers": 2, "heads": 2, "max_length": 20} | id_params})
+        "model": {"model": "sasrec", "hidden": 32, "layers": 2, "heads": 2, "max_length": 20} | id_params})
 
 
 @pytest.fixture(scope="module")

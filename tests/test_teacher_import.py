@@ -1,17 +1,25 @@
-"""The `import` teacher: DLLM2Rec/BIGRec files and Parquet in our schema, validated against the split."""
+"""Imported teachers (`imports.<name>`, stage import_teacher): DLLM2Rec/BIGRec files and Parquet in our
+schema, validated against the split."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 
 from distillrec.errors import DataError
 from distillrec.evaluate.evaluation import Evaluator
-from distillrec.params import EvaluateParams, TeacherParams
-from distillrec.teachers.registry import teacher_class
+from distillrec.errors import ParamsError
+from distillrec.params import EvaluateParams, ImportParams, Params, parse_params
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, TeacherExport, TopK, select_examples, write_export
-from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS, write_dllm2rec
+from distillrec.teachers.imported import CONFIDENCE, EMBEDDINGS, RANKS, import_teacher, write_dllm2rec
+from tests.conftest import REPO
 
 INFO = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.0, "train_seconds": 0.0,
         "export": {"ms_per_example": 1.0, "ms_per_user": 1.0, "threads": 1}}
@@ -36,22 +44,23 @@ def ours(tmp_path, data):
     return TeacherExport(tmp_path / "ours")
 
 
-def imported(path, fmt="dllm2rec", **extra) -> TeacherParams:
-    return TeacherParams.model_validate({"family": "import", "imported": {"format": fmt, "path": str(path), **extra}})
+def imported(path, fmt="dllm2rec", **extra) -> ImportParams:
+    """`rows` and `item_ids` are file names inside `path`."""
+    return ImportParams.model_validate({"format": fmt, "path": str(path), **extra})
 
 
-def run_import(cfg, data, tmp_path, name="imported"):
-    teacher = teacher_class("import").create(cfg, data)
-    tables = teacher.export(data, data.split.examples, cfg.export)
-    write_export(tmp_path / name, tables, data.split.examples, data.n_items, INFO)
+def run_import(cfg, split, tmp_path, name="imported"):
+    """What stage import_teacher@<name> runs."""
+    meta = import_teacher(Params(imports={name: cfg}), name, split, tmp_path / name)
+    assert meta["family"] == "import" and meta["parameters"] == 0 and meta["train_seconds"] == 0.0
     return TeacherExport(tmp_path / name)
 
 
 def test_round_trip_our_export_to_dllm2rec_files_and_back_is_identical(tmp_path, small_split, data, ours):
     write_dllm2rec(ours, tmp_path / "dllm2rec")
     assert {p.name for p in (tmp_path / "dllm2rec").iterdir()} == {RANKS, CONFIDENCE, EMBEDDINGS, "rows.csv"}
-    cfg = imported(tmp_path / "dllm2rec", rows=str(tmp_path / "dllm2rec" / "rows.csv"))
-    back = run_import(cfg, data, tmp_path)
+    cfg = imported(tmp_path / "dllm2rec", rows="rows.csv")
+    back = run_import(cfg, small_split, tmp_path)
     original = pl.read_parquet(ours.folder / "topk.parquet").filter(pl.col("split") == "train")
     assert pl.read_parquet(back.folder / "topk.parquet").equals(original)
     assert np.array_equal(back.item_embeddings(), ours.item_embeddings())
@@ -62,12 +71,12 @@ def test_round_trip_our_export_to_dllm2rec_files_and_back_is_identical(tmp_path,
     assert evaluator.rank_table()["teacher-imported"].null_count() == data.split.n_users
 
 
-def test_parquet_import_revalidates_a_folder_in_our_schema(tmp_path, data, ours):
-    back = run_import(imported(ours.folder, "parquet"), data, tmp_path)
+def test_parquet_import_revalidates_a_folder_in_our_schema(tmp_path, small_split, ours):
+    back = run_import(imported(ours.folder, "parquet"), small_split, tmp_path)
     assert pl.read_parquet(back.folder / "topk.parquet").equals(pl.read_parquet(ours.folder / "topk.parquet"))
 
 
-def test_raw_user_ids_and_an_item_id_map_are_translated(tmp_path, data, ours):
+def test_raw_user_ids_and_an_item_id_map_are_translated(tmp_path, small_split, data, ours):
     folder = tmp_path / "dllm2rec"
     write_dllm2rec(ours, folder)
     rows = pl.read_csv(folder / "rows.csv").join(data.split.user_map, on="user_idx", maintain_order="left")
@@ -79,8 +88,8 @@ def test_raw_user_ids_and_an_item_id_map_are_translated(tmp_path, data, ours):
     torch.save(torch.as_tensor(ours.item_embeddings()[::-1].copy()), folder / EMBEDDINGS)
     item_map = data.split.item_map.sort("item_idx")
     pl.DataFrame({"id": np.arange(n)[::-1], "item_id": item_map["item_id"]}).write_csv(folder / "ids.csv")
-    cfg = imported(folder, rows=str(folder / "rows_raw.csv"), item_ids=str(folder / "ids.csv"))
-    back = run_import(cfg, data, tmp_path)
+    cfg = imported(folder, rows="rows_raw.csv", item_ids="ids.csv")
+    back = run_import(cfg, small_split, tmp_path)
     original = pl.read_parquet(ours.folder / "topk.parquet").filter(pl.col("split") == "train")
     assert pl.read_parquet(back.folder / "topk.parquet").equals(original)
     assert np.array_equal(back.item_embeddings(), ours.item_embeddings())
@@ -97,15 +106,51 @@ def test_raw_user_ids_and_an_item_id_map_are_translated(tmp_path, data, ours):
     (lambda f: (f / "rows.csv").write_text("user,pos\n" + "1,1\n" * (len(f.joinpath(RANKS).read_text().splitlines()))),
      "expected columns user_id"),
 ])
-def test_import_errors_name_the_file_and_the_problem(tmp_path, data, ours, corrupt, message):
+def test_import_errors_name_the_file_and_the_problem(tmp_path, small_split, ours, corrupt, message):
     folder = tmp_path / "dllm2rec"
     write_dllm2rec(ours, folder)
     corrupt(folder)
     with pytest.raises(DataError, match=message):
-        run_import(imported(folder, rows=str(folder / "rows.csv")), data, tmp_path)
+        run_import(imported(folder, rows="rows.csv"), small_split, tmp_path)
     assert not (tmp_path / "imported").exists()
 
 
-def test_import_params_need_a_path_and_rows():
-    with pytest.raises(ValueError, match="needs imported.path"):
-        TeacherParams.model_validate({"family": "import", "imported": {"format": "dllm2rec", "path": "x"}})
+def test_import_params_need_a_path_and_rows_inside_it():
+    with pytest.raises(ValueError, match="format dllm2rec needs rows"):
+        ImportParams.model_validate({"format": "dllm2rec", "path": "x"})
+    with pytest.raises(ValueError, match="must be a file name inside `path`"):
+        ImportParams.model_validate({"format": "dllm2rec", "path": "x", "rows": "../rows.csv"})
+
+
+def test_an_unknown_import_name_is_a_params_error(small_split, tmp_path):
+    params = parse_params({"teachers": {"t": {"family": "id"}}, "imports": {"ext": {"path": "x"}}})
+    with pytest.raises(ParamsError, match="no import named 't' in params.yaml \\('t' is a trained teacher"):
+        import_teacher(params, "t", small_split, tmp_path / "t")
+    with pytest.raises(DataError, match="imports: path x is not a folder"):
+        import_teacher(params, "ext", small_split, tmp_path / "ext")
+    assert not (tmp_path / "ext").exists()
+
+
+def test_the_import_stage_writes_data_teacher_and_evaluate_and_distill_find_it(tmp_path, small_split, data, ours):
+    """`python stages/import_teacher.py <name>` as DVC runs it: paths relative to the repository root, the
+    export under data/teacher/<name> with our export's training rows, found by name like a trained teacher."""
+    write_dllm2rec(ours, tmp_path / "ext" / "bigrec")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "processed").symlink_to(small_split)
+    raw = {"imports": {"bigrec": {"format": "dllm2rec", "path": "ext/bigrec", "rows": "rows.csv", "item_ids": None}},
+           "distill": {"methods": ["prmkd"], "teachers": ["bigrec"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's code, whatever is installed
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "import_teacher.py"), "bigrec"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    export = TeacherExport(tmp_path / "data" / "teacher" / "bigrec")
+    original = pl.read_parquet(ours.folder / "topk.parquet").filter(pl.col("split") == "train")
+    assert pl.read_parquet(export.folder / "topk.parquet").equals(original)
+    assert np.array_equal(export.item_embeddings(), ours.item_embeddings())
+    info = json.loads((export.folder / "teacher.json").read_text())
+    assert info["name"] == "bigrec" and info["family"] == "import" and info["source"]["rows"] == "rows.csv"
+    assert parse_params(raw).teacher_names == ["bigrec"]   # evaluate's rows and distill's teachers
+    evaluator = Evaluator(small_split, EvaluateParams(ks=[5], latency_repeats=2))
+    evaluator.add_teacher("teacher-bigrec", export.folder)
+    assert evaluator.table["teacher-bigrec"]["cost"]["parameters"] == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distillrec.errors import DataError
-from distillrec.params import TeacherParams
+from distillrec.params import Seq2SeqModelParams, Seq2SeqTeacherParams, validate_teacher
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 from distillrec.teachers.pod import IGNORE, Codec, TaskExamples, whole_word_ids
@@ -15,16 +15,17 @@ from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, beam_search
 
 
-def config(**overrides) -> TeacherParams:
-    base = {"family": "seq2seq", "finetune": "full",
-            "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+def config(**overrides) -> Seq2SeqTeacherParams:
+    base = {"family": "seq2seq",
+            "model": {"finetune": "full", "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+                      "prompts_per_task": 3, "max_history": 6, "explanation_tokens": 8},
             "train": {"epochs": 2, "patience": 2, "batch_size": 16, "lr": 5e-3, "sample": 48, "valid_examples": 32,
                       "seed": 1},
-            "export": {"top_k": 5, "batch_size": 16, "train_positions": 1, "explanation_beams": 2},
-            "seq2seq": {"prompts_per_task": 3, "max_history": 6, "explanation_tokens": 8}}
+            "export": {"top_k": 5, "batch_size": 16, "train_positions": 1, "explanation_beams": 2}}
     for key, value in overrides.items():
-        base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
-    return TeacherParams.model_validate(base)
+        part = base["model"] if key in Seq2SeqModelParams.model_fields else base
+        part[key] = part.get(key, {}) | value if isinstance(value, dict) else value
+    return validate_teacher(base)
 
 
 
@@ -73,7 +74,7 @@ def test_tokenizer_that_cannot_split_id_words_is_rejected():
 
 def test_continuous_prompts_lengthen_the_encoder_input_by_p(untrained, data):
     _, (inputs, _) = sequential_batch(untrained, data)
-    p = untrained.cfg.seq2seq.prompts_per_task
+    p = untrained.cfg.model.prompts_per_task
     with torch.no_grad():
         hidden, mask = untrained.module.encode(inputs, untrained.task_index("sequential"))
     assert hidden.shape[1] == inputs.input_ids.shape[1] + p
@@ -188,8 +189,8 @@ def test_create_fit_save_load_export(tmp_path, data, finetune, train):
     exported = TeacherExport(tmp_path / "export")
     topk = exported.topk()
     assert topk.items.shape == (examples.height, cfg.export.top_k)
-    assert exported.item_embeddings().shape == (data.n_items, cfg.config.d_model)
-    assert exported.states().states.shape == (examples.height, cfg.config.d_model)
+    assert exported.item_embeddings().shape == (data.n_items, cfg.model.config.d_model)
+    assert exported.states().states.shape == (examples.height, cfg.model.config.d_model)
     explanations = exported.explanations()
     assert explanations.height == data.explanations.filter(pl.col("split") == "test").height
     assert explanations["split"].cast(pl.String).unique().to_list() == ["test"]

@@ -12,7 +12,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from distillrec.errors import DataError, ParamsError
-from distillrec.params import TeacherParams, parse_params
+from distillrec.params import TextTeacherParams, parse_params, validate_teacher
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
@@ -27,13 +27,13 @@ COLD = {"item_id": "cold", "title": "Solar camping lantern", "description": "A f
         "categories": ["Outdoor", "lantern"], "brand": None}
 
 
-def config(encoder: Path, finetune: str = "lora", **sections) -> TeacherParams:
-    return TeacherParams.model_validate({
-        "family": "text", "base_model": str(encoder), "finetune": finetune,
+def config(encoder: Path, finetune: str = "lora", **sections) -> TextTeacherParams:
+    return validate_teacher({
+        "family": "text",
+        "model": {"base_model": str(encoder), "finetune": finetune, "hidden": 32, "layers": 1, "heads": 2,
+                  "max_length": 20, "max_text_tokens": 24, "grad_items": 32, "encode_batch_size": 32},
         "train": {"epochs": 2, "patience": 2, "batch_size": 16, "lr": 0.005, "device": "cpu"},
-        "export": {"top_k": 10, "train_positions": 2, "batch_size": 64},
-        "text": {"hidden": 32, "layers": 1, "heads": 2, "max_length": 20, "max_text_tokens": 24,
-                 "grad_items": 32, "encode_batch_size": 32}} | sections)
+        "export": {"top_k": 10, "train_positions": 2, "batch_size": 64}} | sections)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_lora_teacher_trains_and_exports(trained, data, tmp_path):
 
 
 def _batch(teacher: TextTeacher, data: TeacherData) -> Batch:
-    windows, users, ends, _ = data.split.training_windows(teacher.cfg.text.max_length)
+    windows, users, ends, _ = data.split.training_windows(teacher.cfg.model.max_length)
     inputs, targets = teacher.module.training_pair(torch.as_tensor(windows[:8]))
     positions = torch.as_tensor(ends[:8, None]) - targets.shape[1] + torch.arange(targets.shape[1])
     return Batch(inputs, targets, torch.as_tensor(users[:8]), positions, epoch_generator(0, 1))
@@ -149,15 +149,15 @@ def test_cold_item_is_ranked_from_its_text(trained, data):
     cold = data.n_items
     assert not (data.split.items == cold).any()   # in no history and no target
     model = teacher.module.eval()
-    tokens = teacher.tokenizer([item_texts(data.split.item_map, teacher.cfg.text.fields)[-1]], truncation=True,
-                               max_length=teacher.cfg.text.max_text_tokens, return_tensors="pt")
+    tokens = teacher.tokenizer([item_texts(data.split.item_map, teacher.cfg.model.fields)[-1]], truncation=True,
+                               max_length=teacher.cfg.model.max_text_tokens, return_tensors="pt")
     with torch.no_grad():
         text = mean_pool(teacher.encoder.encoder(**tokens).last_hidden_state, tokens["attention_mask"])[0]
         table = model.item_embeddings()
         assert torch.allclose(teacher.encoder.catalogue()[cold], text, atol=1e-5)
         assert torch.allclose(table[cold], model.items.adaptor(text[None])[0], atol=1e-5)
         users, positions, _ = data.split.targets("test")
-        history = torch.as_tensor(data.split.histories(users, positions, teacher.cfg.text.max_length))
+        history = torch.as_tensor(data.split.histories(users, positions, teacher.cfg.model.max_length))
         scores = model.score(model.user_states(history))[:, cold]
     assert torch.isfinite(scores).all() and scores.std() > 0
     assert (table[1:cold] - table[cold]).norm(dim=1).min() > 1e-3   # its own vector, not a shared fallback
@@ -182,15 +182,20 @@ def test_saved_teacher_reloads_to_identical_export(trained, data):
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), [
-    ({"family": "text"}, "family text needs base_model"),
-    ({"family": "seq2seq", "finetune": "frozen"}, "finetune: frozen applies to family text only"),
-    ({"family": "text", "base_model": "m", "text": {"bogus": 1}}, "unknown key 'teachers.t.text.bogus'; "
-                                                                  "allowed keys here: fields"),
-    ({"family": "text", "base_model": "m", "text": {"fields": ["plot"]}}, "'teachers.t.text.fields.0'"),
-    ({"family": "text", "base_model": "m", "text": {"fields": ["title", "title"]}}, "fields has duplicates"),
-    ({"family": "text", "base_model": "m", "text": {"hidden": 30, "heads": 4}}, "must be divisible by heads"),
-    ({"family": "text", "base_model": "m", "text": {"grad_items": 0}}, "'teachers.t.text.grad_items'"),
-    ({"family": "text", "base_model": "m", "finetune": "partial"}, "'teachers.t.finetune'"),
+    ({"family": "text"}, "'teachers.t.model': Field required"),
+    ({"family": "text", "model": {}}, "'teachers.t.model.base_model': Field required"),
+    ({"family": "seq2seq", "model": {"finetune": "frozen"}}, "'teachers.t.model.finetune': Input should be 'lora' or 'full'"),
+    ({"family": "text", "model": {"base_model": "m", "bogus": 1}}, "unknown key 'teachers.t.model.bogus'; "
+                                                                   "allowed keys here: hidden, layers, heads"),
+    ({"family": "text", "model": {"base_model": "m", "fields": ["plot"]}}, "'teachers.t.model.fields.0'"),
+    ({"family": "text", "model": {"base_model": "m", "fields": ["title", "title"]}}, "fields has duplicates"),
+    ({"family": "text", "model": {"base_model": "m", "hidden": 30, "heads": 4}}, "must be divisible by heads"),
+    ({"family": "text", "model": {"base_model": "m", "grad_items": 0}}, "'teachers.t.model.grad_items'"),
+    ({"family": "text", "model": {"base_model": "m", "finetune": "partial"}}, "'teachers.t.model.finetune'"),
+    ({"family": "text", "model": {"base_model": "m", "max_length": 10}, "train": {"window_stride": 20}},
+     "train.window_stride (20) must be <= model.max_length (10)"),
+    ({"family": "text", "model": {"base_model": "m"}, "text": {}}, "unknown key 'teachers.t.text'; "
+                                                                  "allowed keys here: family, model, train, export"),
 ])
 def test_text_params_are_strict(teacher, fragment):
     with pytest.raises(ParamsError) as info:
@@ -240,7 +245,7 @@ def test_encoder_lr_puts_the_encoder_in_its_own_group(data, encoder, tmp_path):
 
     cfg = config(encoder)
     teacher = TextTeacher.create(cfg, data)
-    trainer = TextTrainer(teacher.module, data.split, sasrec_params(cfg.text), train_params(cfg, None),
+    trainer = TextTrainer(teacher.module, data.split, sasrec_params(cfg.model), train_params(cfg),
                           objective_of(cross_entropy), tmp_path, tmp_path, "run", 0, encoder_lr=1e-4)
     rest, encoder_group = trainer.optimizer.param_groups
     lora = {id(p) for n, p in teacher.encoder.named_parameters() if "lora_" in n}

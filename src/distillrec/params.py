@@ -7,12 +7,13 @@ dotted path and the allowed values instead of surfacing as a KeyError deep in a 
 from __future__ import annotations
 
 import re
+import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from distillrec.errors import ParamsError
 
@@ -199,135 +200,7 @@ class ModelConfigParams(Section):
         return self
 
 
-class TeacherTrainParams(ObjectiveFields):
-    """Optimisation of a teacher; the epoch is selected on the validation loss. The objective fields
-    apply to the teachers built on a student architecture (id, text, fusion) only."""
-
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(10, ge=1)
-    patience: int = Field(3, ge=1)
-    sample: int | None = Field(None, ge=1, description="Train on a random sample of N examples (BIGRec: 1024)")
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
-    gradient_checkpointing: bool = False
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
-    valid_examples: int | None = Field(512, ge=1, description="Validation examples per epoch; null = all")
-
-
-class TeacherExportParams(Section):
-    """Which examples the teacher scores and how: changing these re-runs the export, not training."""
-
-    top_k: int = Field(20, ge=1)
-    train_positions: Literal["all"] | int = Field(
-        "all", description="all training examples, or the last N training positions of each user")
-    batch_size: int = Field(64, ge=1)
-    beams: int | None = Field(None, ge=1, description="seq2seq: beams for the top-K; null = top_k")
-    explanation_beams: int = Field(4, ge=1, description="seq2seq: beams for explanations")
-    ranking: Literal["scoring", "grounding"] = Field(
-        "scoring", description="causal: scoring (one pass per user) | grounding (BIGRec)")
-    grounding_beams: int = Field(4, ge=1, description="causal grounding: beams for the generated title")
-
-    @model_validator(mode="after")
-    def _check(self) -> TeacherExportParams:
-        if self.beams is not None and self.beams < self.top_k:
-            raise ValueError(f"beams ({self.beams}) must be >= top_k ({self.top_k})")
-        return self
-
-
-class Seq2SeqParams(Section):
-    """POD-style T5 teacher (docs/methods.md §3.1)."""
-
-    tasks: list[Literal["sequential", "explanation"]] = Field(["sequential", "explanation"], min_length=1)
-    prompts_per_task: int = Field(3, ge=1, description="Continuous prompt vectors per task (POD P)")
-    max_history: int = Field(20, ge=1, description="Most recent items in the input")
-    explanation_tokens: int = Field(20, ge=1, description="Reference explanations truncated to this")
-
-
-class CausalParams(Section):
-    """BIGRec-style causal-LM teacher (docs/methods.md §3.2)."""
-
-    max_history: int = Field(10, ge=1, description="Most recent items listed in the prompt")
-    lm_weight: float = Field(1.0, ge=0.0, description="Weight of the next-title LM loss")
-    scoring_weight: float = Field(1.0, ge=0.0, description="Weight of the softmax loss on item-end states")
-    max_title_tokens: int = Field(32, ge=1, description="Titles are cut to this many tokens")
-
-    @model_validator(mode="after")
-    def _check(self) -> CausalParams:
-        if self.lm_weight == 0 and self.scoring_weight == 0:
-            raise ValueError("lm_weight and scoring_weight cannot both be 0")
-        return self
-
-
-class IdTeacherParams(StudentParams):
-    """A large ID-based sequential model as a teacher: a student architecture, bigger."""
-
-    hidden: int = Field(128, ge=4)
-    layers: int = Field(3, ge=1)
-    heads: int = Field(4, ge=1)
-    max_length: int = Field(100, ge=2)
-    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
-
-
 TextField = Literal["title", "categories", "brand", "description"]
-
-
-class TextTeacherParams(Section):
-    """UniSRec-like teacher: items are a text encoder's view of their text, read by a SASRec."""
-
-    fields: list[TextField] = Field(
-        list(typing.get_args(TextField)), min_length=1, description="Item text: these item_map fields, in this order")
-    max_text_tokens: int = Field(64, ge=2, description="An item's text is cut to this many tokens")
-    encode_batch_size: int = Field(128, ge=1, description="Items per encoder call in a catalogue pass")
-    grad_items: int | None = Field(
-        256, ge=1, description="Batch items re-encoded with gradient per step (a random subset); null = all")
-    encoder_lr: float | None = Field(None, gt=0.0, description="AdamW lr of the encoder's trainable weights "
-                                                               "(lora/full); null = train.lr")
-    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
-    adaptor_dropout: float = Field(0.0, ge=0.0, lt=1.0,
-                                   description="Dropout on the experts' input (UniSRec 0.2; no gain on ml-100k)")
-    hidden: int = Field(64, ge=4)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    max_length: int = Field(50, ge=2, description="Longest history the SASRec reads")
-    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
-
-    @model_validator(mode="after")
-    def _check(self) -> TextTeacherParams:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if len(set(self.fields)) != len(self.fields):
-            raise ValueError(f"fields has duplicates: {self.fields}")
-        if self.window_stride is not None and self.window_stride > self.max_length:
-            raise ValueError(f"window_stride ({self.window_stride}) must be <= max_length ({self.max_length})")
-        return self
-
-
-class FusionTeacherParams(Section):
-    """Collaborative + language knowledge: item = ID embedding + adapted LM vector (embed_items@embedding)."""
-
-    embedding: str | None = Field(None, description="Name of the `embed` entry whose item vectors the teacher reads")
-    ids: bool = Field(True, description="Add a trainable ID embedding to the adapted LM vector (false = text-only "
-                                        "ablation: what family text is, from the stored vectors)")
-    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
-    adaptor_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the LM vectors (UniSRec 0.2)")
-    hidden: int = Field(128, ge=4)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    max_length: int = Field(50, ge=2, description="Longest history the SASRec reads")
-    window_stride: int | None = Field(None, ge=1, description="As train.window_stride")
-
-    @model_validator(mode="after")
-    def _check(self) -> FusionTeacherParams:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.window_stride is not None and self.window_stride > self.max_length:
-            raise ValueError(f"window_stride ({self.window_stride}) must be <= max_length ({self.max_length})")
-        return self
 
 
 class EmbedConfigParams(Section):
@@ -391,57 +264,284 @@ class EmbedParams(Section):
         return self
 
 
+# ------------------------------------------------------------------------------------------------ teachers
+# One class per family, discriminated on `family`; each holds only what its family reads (an unused key is
+# an error, Section forbids extras). Every member has the same four keys, so dvc.yaml declares one fixed
+# list: train_teacher `family`, `model`, `train`; export_teacher the whole section.
+
+
+class TeacherTrainFields(Section):
+    """Optimisation every teacher family shares; the epoch is selected on the validation split."""
+
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(3, ge=1)
+    patience: int = Field(2, ge=1, description="Epochs without validation gain before stopping")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class LLMTrainParams(TeacherTrainFields):
+    """Training of a seq2seq or causal teacher (their own losses); the epoch is selected on the validation loss."""
+
+    sample: int | None = Field(1000, ge=1, description="Train on a random sample of N examples per task "
+                                                       "(BIGRec: 1024); null = all")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    gradient_checkpointing: bool = False
+    valid_examples: int | None = Field(512, ge=1, description="Validation examples per epoch; null = all")
+
+
+class ModelTrainParams(ObjectiveFields, TeacherTrainFields):
+    """Training of a teacher built on a student architecture (id, fusion): the students' trainer,
+    objectives and validation selection."""
+
+    batch_size: int = Field(128, ge=1, description="Training windows per step")
+    epochs: int = Field(40, ge=1)
+    patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
+    window_stride: int | None = Field(None, ge=1, description="As train.window_stride; null = model.max_length")
+
+
+class TextTrainParams(ModelTrainParams):
+    """Training of a text teacher: the students' trainer, plus the encoder's precision and lr."""
+
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    encoder_lr: float | None = Field(None, gt=0.0, description="AdamW lr of the encoder's trainable weights "
+                                                               "(lora/full); null = lr")
+
+
+class TeacherExportParams(Section):
+    """Which examples the teacher scores: changing these re-runs the export, not training (families id,
+    text, fusion; seq2seq and causal add their own)."""
+
+    top_k: int = Field(50, ge=1)
+    train_positions: Literal["all"] | int = Field(
+        "all", description="all training examples, or the last N training positions of each user")
+    batch_size: int = Field(64, ge=1)
+
+
+class Seq2SeqExportParams(TeacherExportParams):
+    beams: int | None = Field(None, ge=1, description="Beams for the constrained top-K search; null = top_k")
+    explanation_beams: int = Field(4, ge=1, description="Beams for explanations")
+
+    @model_validator(mode="after")
+    def _check(self) -> Seq2SeqExportParams:
+        if self.beams is not None and self.beams < self.top_k:
+            raise ValueError(f"beams ({self.beams}) must be >= top_k ({self.top_k})")
+        return self
+
+
+class CausalExportParams(TeacherExportParams):
+    ranking: Literal["scoring", "grounding"] = Field(
+        "scoring", description="scoring (one pass per user) | grounding (BIGRec: generate, embed, nearest titles)")
+    grounding_beams: int = Field(4, ge=1, description="grounding: beams for the generated title")
+
+
+class PretrainedFields(Section):
+    """Where a teacher's language model comes from and which of its weights train."""
+
+    base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
+    finetune: Literal["lora", "full"] = Field("full", description="lora (peft: adapter weights only) | full")
+    lora: LoraParams = LoraParams()
+
+
+class LLMModelFields(PretrainedFields):
+    config: ModelConfigParams = Field(ModelConfigParams(), description="Sizes when base_model is null; "
+                                                                      "the tokenizer is trained on the dataset text")
+
+
+class Seq2SeqModelParams(LLMModelFields):
+    """POD-style T5 teacher (docs/methods.md §3.1)."""
+
+    tasks: list[Literal["sequential", "explanation"]] = Field(["sequential", "explanation"], min_length=1)
+    prompts_per_task: int = Field(3, ge=1, description="Continuous prompt vectors per task (POD P)")
+    max_history: int = Field(20, ge=1, description="Most recent items in the input")
+    explanation_tokens: int = Field(20, ge=1, description="Reference explanations truncated to this")
+
+    @model_validator(mode="after")
+    def _check(self) -> Seq2SeqModelParams:
+        if "sequential" not in self.tasks:
+            raise ValueError("tasks must include 'sequential': the export ranks items with it")
+        return self
+
+
+class CausalModelParams(LLMModelFields):
+    """BIGRec-style causal-LM teacher (docs/methods.md §3.2)."""
+
+    max_history: int = Field(10, ge=1, description="Most recent items listed in the prompt")
+    lm_weight: float = Field(1.0, ge=0.0, description="Weight of the next-title LM loss")
+    scoring_weight: float = Field(1.0, ge=0.0, description="Weight of the softmax loss on item-end states")
+    max_title_tokens: int = Field(32, ge=1, description="Titles are cut to this many tokens")
+
+    @model_validator(mode="after")
+    def _check(self) -> CausalModelParams:
+        if self.lm_weight == 0 and self.scoring_weight == 0:
+            raise ValueError("lm_weight and scoring_weight cannot both be 0")
+        return self
+
+
+class IdModelParams(StudentParams):
+    """A large ID-based sequential model as a teacher: a student architecture, bigger."""
+
+    hidden: int = Field(128, ge=4)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    max_length: int = Field(100, ge=2)
+
+
+class SASRecFields(Section):
+    """The SASRec that reads the text and fusion teachers' item tables."""
+
+    hidden: int = Field(64, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_length: int = Field(50, ge=2, description="Longest history the SASRec reads")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> SASRecFields:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TextModelParams(SASRecFields):
+    """UniSRec-like teacher: items are a text encoder's view of their text, read by a SASRec."""
+
+    base_model: str = Field(description="HF id or folder of a text encoder (e.g. sentence-transformers/all-MiniLM-L6-v2)")
+    finetune: Literal["lora", "full", "frozen"] = Field(
+        "lora", description="frozen: the encoder is not trained, items are encoded once")
+    lora: LoraParams = LoraParams()
+    fields: list[TextField] = Field(
+        list(typing.get_args(TextField)), min_length=1, description="Item text: these item_map fields, in this order")
+    max_text_tokens: int = Field(64, ge=2, description="An item's text is cut to this many tokens")
+    encode_batch_size: int = Field(128, ge=1, description="Items per encoder call in a catalogue pass")
+    grad_items: int | None = Field(
+        256, ge=1, description="Batch items re-encoded with gradient per step (a random subset); null = all")
+    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
+    adaptor_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                   description="Dropout on the experts' input (UniSRec 0.2; no gain on ml-100k)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TextModelParams:
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"fields has duplicates: {self.fields}")
+        return self
+
+
+class FusionModelParams(SASRecFields):
+    """Collaborative + language knowledge: item = ID embedding + adapted LM vector (embed_items@embedding)."""
+
+    embedding: str = Field(description="Name of the `embed` entry whose item vectors the teacher reads")
+    ids: bool = Field(True, description="Add a trainable ID embedding to the adapted LM vector (false = text-only "
+                                        "ablation: what family text is, from the stored vectors)")
+    adaptor_experts: int = Field(8, ge=1, description="Whitening experts of UniSRec's MoE adaptor")
+    adaptor_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on the LM vectors (UniSRec 0.2)")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+class _WindowedTeacher(Section):
+    """A teacher trained on windows of its model's max_length (id, text, fusion)."""
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> _WindowedTeacher:
+        stride, length = self.train.window_stride, self.model.max_length  # type: ignore[attr-defined]
+        if stride is not None and stride > length:
+            raise ValueError(f"train.window_stride ({stride}) must be <= model.max_length ({length})")
+        return self
+
+
+class Seq2SeqTeacherParams(Section):
+    """POD-style T5 teacher."""
+
+    family: Literal["seq2seq"] = "seq2seq"
+    model: Seq2SeqModelParams = Seq2SeqModelParams()
+    train: LLMTrainParams = LLMTrainParams()
+    export: Seq2SeqExportParams = Seq2SeqExportParams()
+
+
+class CausalTeacherParams(Section):
+    """BIGRec-style causal LM teacher (LLaMA, Qwen, ...)."""
+
+    family: Literal["causal"] = "causal"
+    model: CausalModelParams = CausalModelParams()
+    train: LLMTrainParams = LLMTrainParams()
+    export: CausalExportParams = CausalExportParams()
+
+
+class IdTeacherParams(_WindowedTeacher):
+    """A large ID-based model (a student architecture, bigger)."""
+
+    family: Literal["id"] = "id"
+    model: IdModelParams = IdModelParams()
+    train: ModelTrainParams = ModelTrainParams()
+    export: TeacherExportParams = TeacherExportParams()
+
+
+class TextTeacherParams(_WindowedTeacher):
+    """UniSRec-like: a text encoder's item vectors read by a SASRec."""
+
+    family: Literal["text"] = "text"
+    model: TextModelParams
+    train: TextTrainParams = TextTrainParams()
+    export: TeacherExportParams = TeacherExportParams()
+
+
+class FusionTeacherParams(_WindowedTeacher):
+    """ID embedding + adapted LM item vector (embed_items) read by a SASRec."""
+
+    family: Literal["fusion"] = "fusion"
+    model: FusionModelParams
+    train: ModelTrainParams = ModelTrainParams()
+    export: TeacherExportParams = TeacherExportParams()
+
+
+TEACHER_FAMILIES: dict[str, type[Section]] = {
+    "seq2seq": Seq2SeqTeacherParams, "causal": CausalTeacherParams, "id": IdTeacherParams,
+    "text": TextTeacherParams, "fusion": FusionTeacherParams}
+AnyTeacherParams = Seq2SeqTeacherParams | CausalTeacherParams | IdTeacherParams | TextTeacherParams | FusionTeacherParams
+TeacherParams = Annotated[AnyTeacherParams, Field(discriminator="family")]
+TEACHER_SECTIONS = ("family", "model", "train", "export")  # every family's keys (dvc.yaml's fixed lists)
+_TEACHER = TypeAdapter(TeacherParams)
+
+
+def validate_teacher(raw: dict[str, Any], name: str = "t") -> AnyTeacherParams:
+    """One teacher section (a params.yaml `teachers.<name>` entry), validated like params.yaml."""
+    try:
+        return _TEACHER.validate_python(raw)
+    except ValidationError as exc:
+        lines = [_describe(dict(err, loc=("teachers", name, *err["loc"])), Params) for err in exc.errors()]
+        raise ParamsError(f"teachers.{name} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
 class ImportParams(Section):
-    """Another system's teacher outputs, validated and rewritten in our export schema."""
+    """Another system's teacher outputs (`import_teacher@<name>`), validated and rewritten in our export
+    schema. `rows` and `item_ids` are file names inside `path`, so the folder is the stage's one dep."""
 
     format: Literal["dllm2rec", "parquet"] = Field(
         "parquet", description="dllm2rec: all_embeddings.pt + myrank_train.txt + confidence_train.txt; "
                                "parquet: a folder in our export schema")
-    path: str | None = Field(None, description="Folder holding the files")
-    rows: str | None = Field(None, description="dllm2rec: CSV/Parquet with user_id (or user_idx) and position "
-                                               "for each row of myrank_train.txt, in order")
-    item_ids: str | None = Field(None, description="dllm2rec: CSV/Parquet mapping their 0-based `id` to our "
-                                                   "raw `item_id`; null = their id is item_idx - 1")
-
-
-class TeacherParams(Section):
-    """One teacher: the family, where its weights come from, how it trains and exports."""
-
-    family: Literal["seq2seq", "causal", "id", "import", "text", "fusion"] = "seq2seq"
-    base_model: str | None = Field(None, description="HF id or local folder; null = built from `config`")
-    finetune: Literal["lora", "full", "frozen"] = Field(
-        "lora", description="frozen (text family only): the encoder is not trained, items are encoded once")
-    config: ModelConfigParams = ModelConfigParams()
-    lora: LoraParams = LoraParams()
-    train: TeacherTrainParams = TeacherTrainParams()
-    export: TeacherExportParams = TeacherExportParams()
-    seq2seq: Seq2SeqParams = Seq2SeqParams()
-    causal: CausalParams = CausalParams()
-    id: IdTeacherParams = IdTeacherParams()
-    imported: ImportParams = ImportParams()
-    text: TextTeacherParams = TextTeacherParams()
-    fusion: FusionTeacherParams = FusionTeacherParams()
+    path: str = Field(min_length=1, description="Folder holding the files (relative to the repository root)")
+    rows: str | None = Field(None, description="dllm2rec: CSV/Parquet in `path` with user_id (or user_idx) and "
+                                               "position for each row of myrank_train.txt, in order")
+    item_ids: str | None = Field(None, description="dllm2rec: CSV/Parquet in `path` mapping their 0-based `id` to "
+                                                   "our raw `item_id`; null = their id is item_idx - 1")
 
     @model_validator(mode="after")
-    def _check(self) -> TeacherParams:
-        if self.family == "fusion" and self.fusion.embedding is None:
-            raise ValueError("family fusion needs fusion.embedding: the name of an `embed` entry (its item vectors)")
-        if self.family == "text" and self.base_model is None:
-            raise ValueError("family text needs base_model: a Hugging Face id or folder of a text encoder "
-                             "(e.g. sentence-transformers/all-MiniLM-L6-v2)")
-        if self.finetune == "frozen" and self.family != "text":
-            raise ValueError(f"finetune: frozen applies to family text only (family is {self.family}); "
-                             f"use lora or full")
-        if self.family == "import" and (self.imported.path is None or (
-                self.imported.format == "dllm2rec" and self.imported.rows is None)):
-            raise ValueError("family import needs imported.path (and imported.rows for format dllm2rec)")
-        changed = [f"train.{name}" for name in STUDENT_TRAINING
-                   if getattr(self.train, name) != ObjectiveFields.model_fields[name].default]
-        if changed and self.family not in ("id", "text", "fusion"):
-            raise ValueError(f"{', '.join(changed)} apply to families id, text and fusion only; family "
-                             f"{self.family} has its own losses: leave them at their defaults")
-        if self.family == "seq2seq" and "sequential" not in self.seq2seq.tasks:
-            raise ValueError("seq2seq.tasks must include 'sequential': the export ranks items with it")
+    def _check(self) -> ImportParams:
+        for key in ("rows", "item_ids"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.format != "dllm2rec":
+                raise ValueError(f"{key} applies to format dllm2rec only (format is {self.format})")
+            parts = Path(value).parts
+            if Path(value).is_absolute() or not parts or ".." in parts:
+                raise ValueError(f"{key} {value!r} must be a file name inside `path` (relative, no '..'): the "
+                                 f"stage's one dep is the folder")
+        if self.format == "dllm2rec" and self.rows is None:
+            raise ValueError("format dllm2rec needs rows: the file naming each row's (user, position)")
         return self
 
 
@@ -584,25 +684,33 @@ class Params(Section):
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
     teachers: dict[str, TeacherParams] = {}
+    imports: dict[str, ImportParams] = {}
     embed: dict[str, EmbedParams] = {}
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @property
+    def teacher_names(self) -> list[str]:
+        """Every teacher export under data/teacher/: the trained teachers, then the imported ones."""
+        return [*self.teachers, *self.imports]
+
     @model_validator(mode="after")
     def _check(self) -> Params:
-        for name in self.teachers:
-            if not TEACHER_NAME.fullmatch(name):
-                raise ValueError(f"teacher name {name!r}: use letters, digits, '_' and '-'")
-        for name in self.embed:
-            if not TEACHER_NAME.fullmatch(name):
-                raise ValueError(f"embed name {name!r}: use letters, digits, '_' and '-'")
-        unknown = [name for name in self.distill.teachers if name not in self.teachers]
+        for section in ("teachers", "imports", "embed"):
+            for name in getattr(self, section):
+                if not TEACHER_NAME.fullmatch(name):
+                    raise ValueError(f"{section} name {name!r}: use letters, digits, '_' and '-'")
+        both = sorted(set(self.teachers) & set(self.imports))
+        if both:
+            raise ValueError(f"{', '.join(both)}: named under both teachers and imports; both write "
+                             f"data/teacher/<name>: rename one")
+        unknown = [name for name in self.distill.teachers if name not in self.teacher_names]
         taught = [m for m in self.distill.runs if set(method_parts(m)) & set(DISTILL_METHODS)]
         if taught and not self.distill.teachers:
             raise ValueError(f"distill.methods {taught} need at least one teacher in distill.teachers")
         if unknown:
-            raise ValueError(f"distill.teachers {unknown} are not configured under teachers "
-                             f"(configured: {', '.join(self.teachers) or 'none'})")
+            raise ValueError(f"distill.teachers {unknown} are not configured under teachers or imports "
+                             f"(configured: {', '.join(self.teacher_names) or 'none'})")
         self._check_embeddings()
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
@@ -610,10 +718,9 @@ class Params(Section):
                              f"({self.student.max_length})")
         return self
 
-
     def _check_embeddings(self) -> None:
         """Every section that reads item vectors names a configured `embed` entry."""
-        wanted = {f"teachers.{name}.fusion.embedding": t.fusion.embedding
+        wanted = {f"teachers.{name}.model.embedding": t.model.embedding
                   for name, t in self.teachers.items() if t.family == "fusion"}
         if any(method_parts(m)[0] == "llm_init" for m in self.distill.runs):
             wanted["distill.llm_init.embedding"] = self.distill.llm_init.embedding
@@ -626,17 +733,52 @@ class Params(Section):
                                  f"{', '.join(self.embed) or 'none'})" + ("; or `teacher`" if key.endswith("ed_table") else ""))
 
 
+def _union_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """A union discriminated on `family` (the teachers): tag -> member; {} for any other annotation."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return {}
+    members = [m for m in typing.get_args(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return {typing.get_args(m.model_fields["family"].annotation)[0]: m for m in members
+            if "family" in m.model_fields}
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, Any]:
+    """The dotted key of an error's location (a union's tag left out) and the annotation it ends at."""
+    parent: Any = model
+    printed = []
+    for part in loc:
+        members = _union_members(parent)
+        if str(part) in members:  # pydantic names the member it validated against
+            parent = members[str(part)]
+            continue
+        printed.append(str(part))
+        if isinstance(parent, type) and issubclass(parent, BaseModel):
+            field = parent.model_fields.get(str(part))
+            parent = field.annotation if field is not None else None
+        elif typing.get_origin(parent) is dict:  # a mapping of named sections, e.g. teachers.<name>
+            parent = typing.get_args(parent)[-1]
+        else:
+            parent = None
+    return ".".join(printed), parent
+
+
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    key, _ = _walk(model, error["loc"])
     if error["type"] == "extra_forbidden":
-        parent: Any = model
-        for part in error["loc"][:-1]:
-            if isinstance(parent, type) and issubclass(parent, BaseModel):
-                parent = parent.model_fields[str(part)].annotation
-            else:  # a mapping of named sections, e.g. teachers.<name>
-                parent = typing.get_args(parent)[-1]
+        _, parent = _walk(model, error["loc"][:-1])
         allowed = ", ".join(parent.model_fields)
         return f"unknown key '{key}'; allowed keys here: {allowed}"
+    if error["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        families = ", ".join(TEACHER_FAMILIES)
+        tag = (error.get("ctx") or {}).get("tag")
+        if tag == "import":
+            return (f"'{key}.family': import is no longer a teacher family: another system's teacher files "
+                    f"go under `imports.{key.rpartition('.')[2]}` (stage import_teacher)")
+        if error["type"] == "union_tag_not_found":
+            return f"'{key}': no `family`; set it to one of {families}"
+        return f"'{key}.family': {tag!r} is not a teacher family; expected one of {families}"
     if not key:  # a check across sections
         return str(error["msg"]).removeprefix("Value error, ")
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"

@@ -41,11 +41,11 @@ def apply_finetune(model: PreTrainedModel, cfg: TeacherParams, default_targets: 
 
     `default_targets` None lets peft pick the LoRA targets of the model's architecture.
     """
-    if cfg.finetune != "lora":
-        return model.requires_grad_(cfg.finetune == "full")
+    if cfg.model.finetune != "lora":
+        return model.requires_grad_(cfg.model.finetune == "full")
     from peft import LoraConfig, get_peft_model
 
-    lora = cfg.lora
+    lora = cfg.model.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
                         target_modules=lora.target_modules or default_targets)
     try:
@@ -59,11 +59,11 @@ def save_backbone(model: torch.nn.Module, cfg: TeacherParams, folder: Path) -> N
 
     A frozen base is the named pretrained model itself: nothing to save.
     """
-    if cfg.finetune == "frozen":
+    if cfg.model.finetune == "frozen":
         return
-    if cfg.finetune == "lora":
+    if cfg.model.finetune == "lora":
         model.save_pretrained(folder / "adapter")
-        if cfg.base_model is None:
+        if cfg.model.base_model is None:
             model.get_base_model().save_pretrained(folder / "backbone")
             _strip_adapter_keys(folder / "backbone")
     else:
@@ -83,9 +83,9 @@ def _strip_adapter_keys(folder: Path) -> None:
 def load_backbone(auto_cls: Any, cfg: TeacherParams, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     """Inverse of `save_backbone`: base (saved or named) plus the saved adapter."""
     base_dir = folder / "backbone"
-    base = from_pretrained(auto_cls, str(base_dir) if base_dir.is_dir() else cfg.base_model, dtype=dtype)
-    if cfg.finetune != "lora":
-        return base.requires_grad_(cfg.finetune == "full")
+    base = from_pretrained(auto_cls, str(base_dir) if base_dir.is_dir() else cfg.model.base_model, dtype=dtype)
+    if cfg.model.finetune != "lora":
+        return base.requires_grad_(cfg.model.finetune == "full")
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, folder / "adapter")
@@ -122,7 +122,7 @@ class Teacher(ABC):
     @classmethod
     @abstractmethod
     def create(cls, cfg: TeacherParams, data: TeacherData) -> Teacher:
-        """Build from `cfg.base_model` (or from `cfg.config` with a tokenizer trained on `data`)."""
+        """Build from `cfg.model.base_model` (or from `cfg.model.config` with a tokenizer trained on `data`)."""
 
     @abstractmethod
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:

@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from distillrec.errors import DataError
 from distillrec.io import write_json
-from distillrec.params import TeacherExportParams, TeacherParams
+from distillrec.params import CausalExportParams, CausalTeacherParams
 from distillrec.teachers import grounding
 from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
                                       load_extras, resolve_dtype, save_backbone)
@@ -117,13 +117,13 @@ def _gguf(base_model: str | None) -> Path | None:
     return path if path is not None and path.suffix == ".gguf" else None
 
 
-def _pretrained(cfg: TeacherParams, dtype: torch.dtype) -> tuple[Any, PreTrainedModel]:
+def _pretrained(cfg: CausalTeacherParams, dtype: torch.dtype) -> tuple[Any, PreTrainedModel]:
     """Tokenizer and model of `base_model`: a local folder, a hub id (cached), or a .gguf file."""
-    name, kwargs = str(cfg.base_model), {}
-    gguf = _gguf(cfg.base_model)
+    name, kwargs = str(cfg.model.base_model), {}
+    gguf = _gguf(cfg.model.base_model)
     if gguf is not None:
         if not gguf.is_file():
-            raise DataError(f"teacher base_model {cfg.base_model!r}: no such GGUF file")
+            raise DataError(f"teacher base_model {cfg.model.base_model!r}: no such GGUF file")
         name, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
     tokenizer = from_pretrained(AutoTokenizer, name, **kwargs)
     model = from_pretrained(AutoModelForCausalLM, name, dtype=torch.float32 if gguf else dtype, **kwargs)
@@ -143,17 +143,17 @@ def _sample(n: int, size: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def config_llama(cfg: TeacherParams, titles: list[str]) -> tuple[Any, LlamaConfig]:
+def config_llama(cfg: CausalTeacherParams, titles: list[str]) -> tuple[Any, LlamaConfig]:
     """For `base_model: null`: a tokenizer trained on the titles and prompt words, and the LlamaConfig of
-    `cfg.config` sized for it (positions: the longest prompt plus a response)."""
-    c = cfg.config
+    `cfg.model.config` sized for it (positions: the longest prompt plus a response)."""
+    c = cfg.model.config
     tokenizer = train_tokenizer(tokenizer_texts(titles[1:]), c.vocab_size, pad=PAD, eos=EOS, unk=UNK, bos=BOS)
-    pieces = PromptPieces.build(tokenizer, titles, cfg.causal.max_title_tokens)
+    pieces = PromptPieces.build(tokenizer, titles, cfg.model.max_title_tokens)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=c.d_model, intermediate_size=c.d_ff,
                          num_hidden_layers=c.layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
                          tie_word_embeddings=False,
-                         max_position_embeddings=pieces.max_length(cfg.causal.max_history,
-                                                                   cfg.causal.max_title_tokens + TITLE_MARGIN),
+                         max_position_embeddings=pieces.max_length(cfg.model.max_history,
+                                                                   cfg.model.max_title_tokens + TITLE_MARGIN),
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     return tokenizer, config
@@ -162,15 +162,15 @@ def config_llama(cfg: TeacherParams, titles: list[str]) -> tuple[Any, LlamaConfi
 class CausalTeacher(Teacher):
     family = "causal"
 
-    def __init__(self, cfg: TeacherParams, device: torch.device, module: CausalRecModule, tokenizer: Any):
+    def __init__(self, cfg: CausalTeacherParams, device: torch.device, module: CausalRecModule, tokenizer: Any):
         super().__init__(cfg, device)
         self.module, self.tokenizer = module, tokenizer
 
     @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> CausalTeacher:
+    def create(cls, cfg: CausalTeacherParams, data: TeacherData) -> CausalTeacher:
         titles = data.require_titles("causal")
         dtype = resolve_dtype(cfg, device_of(cfg))
-        if cfg.base_model is None:
+        if cfg.model.base_model is None:
             tokenizer, config = config_llama(cfg, titles)
             torch.manual_seed(cfg.train.seed)
             base: PreTrainedModel = LlamaForCausalLM(config).to(dtype)
@@ -179,12 +179,12 @@ class CausalTeacher(Teacher):
         return cls.around(cfg, data, tokenizer, base)
 
     @classmethod
-    def around(cls, cfg: TeacherParams, data: TeacherData, tokenizer: Any, base: PreTrainedModel) -> CausalTeacher:
+    def around(cls, cfg: CausalTeacherParams, data: TeacherData, tokenizer: Any, base: PreTrainedModel) -> CausalTeacher:
         """The teacher over a built causal LM and its tokenizer (what `create` loads or builds; the GPU
-        check builds a 7B-shaped one on the device): `cfg.finetune` applied, the item table initialised
+        check builds a 7B-shaped one on the device): `cfg.model.finetune` applied, the item table initialised
         from the LM's title embeddings."""
         device = device_of(cfg)
-        pieces = PromptPieces.build(tokenizer, data.require_titles("causal"), cfg.causal.max_title_tokens)
+        pieces = PromptPieces.build(tokenizer, data.require_titles("causal"), cfg.model.max_title_tokens)
         lm = apply_finetune(base, cfg, default_targets=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
         module = CausalRecModule(lm, data.n_items, base.config.hidden_size).to(device)
         teacher = cls(cfg, device, module, tokenizer)
@@ -193,12 +193,12 @@ class CausalTeacher(Teacher):
             table, _ = grounding.catalogue(module.phi, pieces, cfg.export.batch_size, device)
         module.init_items(table)
         log.info("causal teacher: %s, %d items, hidden %d, vocab %d, %d trainable parameters",
-                 cfg.base_model or "config-built LLaMA", data.n_items, base.config.hidden_size, len(tokenizer),
+                 cfg.model.base_model or "config-built LLaMA", data.n_items, base.config.hidden_size, len(tokenizer),
                  sum(p.numel() for p in module.parameters() if p.requires_grad))
         return teacher
 
     def prompt_pieces(self, data: TeacherData) -> PromptPieces:
-        return PromptPieces.build(self.tokenizer, data.require_titles("causal"), self.cfg.causal.max_title_tokens)
+        return PromptPieces.build(self.tokenizer, data.require_titles("causal"), self.cfg.model.max_title_tokens)
 
     # ---- training -----------------------------------------------------------------------------------
 
@@ -227,7 +227,7 @@ class CausalTeacher(Teacher):
                                             "hidden": self.module.items.embedding_dim})
 
     @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> CausalTeacher:
+    def load(cls, folder: Path, cfg: CausalTeacherParams) -> CausalTeacher:
         folder = Path(folder)
         meta_path = folder / "causal.json"
         if not meta_path.is_file():
@@ -236,7 +236,7 @@ class CausalTeacher(Teacher):
         device = device_of(cfg)
         dtype = resolve_dtype(cfg, device)
         tokenizer = from_pretrained(AutoTokenizer, str(folder / "tokenizer"))
-        if _gguf(cfg.base_model) is not None and cfg.finetune == "lora":
+        if _gguf(cfg.model.base_model) is not None and cfg.model.finetune == "lora":
             from peft import PeftModel
 
             lm = PeftModel.from_pretrained(_pretrained(cfg, dtype)[1], folder / "adapter")
@@ -262,7 +262,7 @@ class CausalTeacher(Teacher):
             projected.append(h.cpu())
         return torch.cat(items).numpy(), torch.cat(scores).numpy(), torch.cat(projected).numpy()
 
-    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
+    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: CausalExportParams) -> ExportTables:
         users = examples["user_idx"].to_numpy().astype(np.int64)
         positions = examples["position"].to_numpy().astype(np.int64)
         k = min(cfg.top_k, data.n_items)
@@ -275,7 +275,7 @@ class CausalTeacher(Teacher):
 
     def _export_scoring(self, data: TeacherData, pieces: PromptPieces, users: np.ndarray, positions: np.ndarray,
                         k: int, batch_size: int) -> ExportTables:
-        plan = WindowPlan.of(users, positions, self.cfg.causal.max_history)
+        plan = WindowPlan.of(users, positions, self.cfg.model.max_history)
         states, passes = window_states(self.module.encode, pieces, data.split, plan, batch_size, self.device)
         items, scores, projected = self.rank_states(states, k, batch_size)
         log.info("scoring: %d examples from %d forward passes", len(users), passes)
@@ -288,8 +288,8 @@ class CausalTeacher(Teacher):
                             states=States(users, positions, projected), info=info)
 
     def _export_grounding(self, data: TeacherData, pieces: PromptPieces, users: np.ndarray, positions: np.ndarray,
-                          k: int, cfg: TeacherExportParams) -> ExportTables:
-        causal, split, batch_size = self.cfg.causal, data.split, cfg.batch_size
+                          k: int, cfg: CausalExportParams) -> ExportTables:
+        causal, split, batch_size = self.cfg.model, data.split, cfg.batch_size
         table, distinct = grounding.catalogue(self.module.phi, pieces, batch_size, self.device)
         _, _, train_targets = split.targets("train")
         order = grounding.tie_order(np.bincount(train_targets, minlength=data.n_items + 1)[1:])
@@ -356,7 +356,7 @@ class _Task:
         The LM targets are the response tokens; the scoring targets are the next item after every
         history item piece (`every_item`), or after the last one only.
         """
-        pieces, split, window = self.pieces, self.split, self.cfg.causal.max_history
+        pieces, split, window = self.pieces, self.split, self.cfg.model.max_history
         seqs: list[list[int]] = []
         lm_at: list[tuple[int, int]] = []
         lm_targets: list[int] = []
@@ -381,7 +381,7 @@ class _Task:
         return {name: t.to(self.device) for name, t in tensors.items()}, len(lm_targets), len(state_targets)
 
     def train_epoch(self, epoch: int) -> float:
-        causal, train = self.cfg.causal, self.cfg.train
+        causal, train = self.cfg.model, self.cfg.train
         order = torch.randperm(len(self.train[0]), generator=epoch_generator(train.seed, epoch)).numpy()
         batches = [order[lo:lo + train.batch_size] for lo in range(0, len(order), train.batch_size)]
         mine = even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
@@ -398,7 +398,7 @@ class _Task:
         return total / max(count, 1)
 
     def validate(self) -> dict[str, float]:
-        causal, size = self.cfg.causal, self.cfg.train.batch_size
+        causal, size = self.cfg.model, self.cfg.train.batch_size
         lm = scoring = 0.0
         tokens = states = 0
         for lo in range(0, len(self.valid[0]), size):

@@ -30,7 +30,7 @@ from torch import nn
 
 from distillrec.embed.store import read_item_embeddings
 from distillrec.errors import DataError
-from distillrec.params import FusionTeacherParams, StudentParams, TeacherExportParams, TeacherParams
+from distillrec.params import FusionModelParams, FusionTeacherParams, StudentParams, TeacherExportParams
 from distillrec.teachers.base import Teacher, device_of, read_extras
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
@@ -51,7 +51,7 @@ class FusionItems(nn.Module):
     teacher needs no embed output to be re-read.
     """
 
-    def __init__(self, vectors: torch.Tensor, cfg: FusionTeacherParams):
+    def __init__(self, vectors: torch.Tensor, cfg: FusionModelParams):
         super().__init__()
         self.register_buffer("vectors", vectors.float())
         self.adaptor = MoEAdaptor(vectors.shape[1], cfg.hidden, cfg.adaptor_experts, cfg.adaptor_dropout)
@@ -75,7 +75,7 @@ class FusionItems(nn.Module):
         return self.table()[history]
 
 
-def sasrec_params(cfg: FusionTeacherParams) -> StudentParams:
+def sasrec_params(cfg: FusionModelParams) -> StudentParams:
     return StudentParams(model="sasrec", hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
                          dropout=cfg.dropout, max_length=cfg.max_length)
 
@@ -83,30 +83,30 @@ def sasrec_params(cfg: FusionTeacherParams) -> StudentParams:
 class FusionTeacher(Teacher):
     family = "fusion"
 
-    def __init__(self, cfg: TeacherParams, model: TableSASRec, item_map: pl.DataFrame):
+    def __init__(self, cfg: FusionTeacherParams, model: TableSASRec, item_map: pl.DataFrame):
         super().__init__(cfg, device_of(cfg))
         self.module, self.item_map = model.to(self.device), item_map
 
     @classmethod
-    def _build(cls, cfg: TeacherParams, vectors: torch.Tensor, item_map: pl.DataFrame) -> FusionTeacher:
-        model = TableSASRec(sasrec_params(cfg.fusion), len(vectors) - 1, FusionItems(vectors, cfg.fusion))
+    def _build(cls, cfg: FusionTeacherParams, vectors: torch.Tensor, item_map: pl.DataFrame) -> FusionTeacher:
+        model = TableSASRec(sasrec_params(cfg.model), len(vectors) - 1, FusionItems(vectors, cfg.model))
         return cls(cfg, model, item_map)
 
     @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> FusionTeacher:
+    def create(cls, cfg: FusionTeacherParams, data: TeacherData) -> FusionTeacher:
         torch.manual_seed(cfg.train.seed)
-        folder = data.item_text / str(cfg.fusion.embedding)
+        folder = data.item_text / str(cfg.model.embedding)
         vectors = torch.as_tensor(read_item_embeddings(folder, data.n_items))
         teacher = cls._build(cfg, vectors, data.split.item_map)
         log.info("fusion teacher: %s item vectors (%d-d)%s, %d trainable parameters", folder, vectors.shape[1],
-                 " + ID embeddings" if cfg.fusion.ids else " only (text-only ablation)",
+                 " + ID embeddings" if cfg.model.ids else " only (text-only ablation)",
                  sum(p.numel() for p in teacher.module.parameters() if p.requires_grad))
         return teacher
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        f = self.cfg.fusion
+        f = self.cfg.model
         self.module.leave_out_unseen(data)
-        train = train_params(self.cfg, f.window_stride)
+        train = train_params(self.cfg)
         trainer = Trainer(self.module, data.split, sasrec_params(f), train, build_objective(train, data.split),
                           checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
         return trainer.fit()
@@ -117,7 +117,7 @@ class FusionTeacher(Teacher):
         torch.save({k: v.cpu() for k, v in self.module.state_dict().items()}, folder / "extras.pt")
 
     @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> FusionTeacher:
+    def load(cls, folder: Path, cfg: FusionTeacherParams) -> FusionTeacher:
         folder = Path(folder)
         if not (folder / "item_map.parquet").is_file():
             raise DataError(f"{folder} is not a saved fusion teacher (no item_map.parquet): re-run train_teacher")
@@ -138,7 +138,7 @@ class FusionTeacher(Teacher):
         if data.n_items != self.module.n_items:
             raise DataError(f"the split has {data.n_items} items, the teacher was trained on "
                             f"{self.module.n_items}: re-run train_teacher")
-        f = self.cfg.fusion
+        f = self.cfg.model
         info = {"family": "fusion", "embedding": f.embedding, "ids": f.ids, "hidden": f.hidden,
                 "item_embeddings": "ID embedding + adaptor(LM item vector): the table the SASRec reads and "
                                    "scores with" if f.ids else "adaptor(LM item vector) (text-only ablation)"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from distillrec.params import StudentParams, TeacherExportParams, TeacherParams
+from distillrec.params import IdTeacherParams, StudentParams, TeacherExportParams
 from distillrec.students import build_student
 from distillrec.students.saved import load_student, save_student
 from distillrec.teachers.base import Teacher, device_of
@@ -29,26 +29,26 @@ log = logging.getLogger(__name__)
 
 
 class IdTeacher(Teacher):
-    """A SASRec/BERT4Rec/GRU4Rec/Caser of `cfg.id` size as a teacher."""
+    """A SASRec/BERT4Rec/GRU4Rec/Caser of `cfg.model` size as a teacher."""
 
     family = "id"
 
-    def __init__(self, cfg: TeacherParams, model: torch.nn.Module, meta: dict | None = None):
+    def __init__(self, cfg: IdTeacherParams, model: torch.nn.Module, meta: dict | None = None):
         super().__init__(cfg, device_of(cfg))
         self.module = model.to(self.device)
         self.meta = meta or {}
 
     @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> IdTeacher:
+    def create(cls, cfg: IdTeacherParams, data: TeacherData) -> IdTeacher:
         torch.manual_seed(cfg.train.seed)
-        return cls(cfg, build_student(cfg.id, data.n_items))
+        return cls(cfg, build_student(cfg.model, data.n_items))
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        train = train_params(self.cfg, self.cfg.id.window_stride)
-        trainer = Trainer(self.module, data.split, self.cfg.id, train, build_objective(train, data.split),
+        train = train_params(self.cfg)
+        trainer = Trainer(self.module, data.split, self.cfg.model, train, build_objective(train, data.split),
                           checkpoint_dir, live_dir, run_id, self.cfg.train.seed)
         state = trainer.fit()
-        student = StudentParams.model_validate(self.cfg.id.model_dump(exclude={"window_stride"}))
+        student = StudentParams.model_validate(self.cfg.model.model_dump())
         self.meta = {"student": student.model_dump(mode="json"), "n_items": data.n_items,
                      "parameters": sum(p.numel() for p in self.module.parameters()), "fit": state.summary()}
         self._item_map = data.split.item_map
@@ -60,11 +60,11 @@ class IdTeacher(Teacher):
         save_student(folder / "model", self.module, self.meta, item_map)
 
     @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> IdTeacher:
+    def load(cls, folder: Path, cfg: IdTeacherParams) -> IdTeacher:
         model, meta = load_student(folder / "model", device_of(cfg))
         return cls(cfg, model, meta)
 
     def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
-        info = {"family": "id", "model": self.cfg.id.model, "hidden": self.cfg.id.hidden,
+        info = {"family": "id", "model": self.cfg.model.model, "hidden": self.cfg.model.hidden,
                 "item_embeddings": "the model's output item table"}
-        return export_student(self.module, data, examples, cfg, self.cfg.id.max_length, info)
+        return export_student(self.module, data, examples, cfg, self.cfg.model.max_length, info)

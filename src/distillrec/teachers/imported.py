@@ -1,10 +1,11 @@
-"""The `import` teacher: another system's outputs, checked against our split, in our export schema.
+"""Imported teachers (`imports.<name>`, stage `import_teacher@<name>`): another system's outputs,
+checked against our split, written in our export schema (data/teacher/<name>), with no training.
 
 A user with BIGRec/DLLM2Rec teacher files distils from them without retraining. DLLM2Rec's files
 carry no keys (its rows are aligned to `train_data.df` by order, docs/methods.md §1), so a `rows` file
 names the (user, position) of every row; we then validate rows, item ids and values.
 
-DLLM2Rec format (`imported.format: dllm2rec`), all in `imported.path`:
+DLLM2Rec format (`format: dllm2rec`), all in `path` (`rows` and `item_ids` are file names in it too):
 - `myrank_train.txt`: one row per training example, the teacher's top-n item ids (0-based), best first;
 - `confidence_train.txt`: the same shape, the L2 distance of each listed item (smaller = better);
 - `all_embeddings.pt` (optional): [N, D] item embeddings, row = their item id (`torch.load`,
@@ -18,18 +19,19 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from distillrec.errors import DataError
-from distillrec.params import TeacherExportParams, TeacherParams
-from distillrec.teachers.base import Teacher, device_of
+from distillrec.errors import DataError, ParamsError
+from distillrec.params import ImportParams, Params
 from distillrec.teachers.data import TeacherData
-from distillrec.teachers.export import ExportTables, TeacherExport, TopK
-from distillrec.train.loop import FitState
+from distillrec.teachers.export import ExportTables, TeacherExport, TopK, write_export
 
 log = logging.getLogger(__name__)
 RANKS, CONFIDENCE, EMBEDDINGS = "myrank_train.txt", "confidence_train.txt", "all_embeddings.pt"
@@ -194,7 +196,7 @@ def read_dllm2rec(folder: Path, rows_file: Path, item_ids: str | None, data: Tea
         line, col = (int(i) for i in np.argwhere((ranks < 0) | (ranks >= len(index)) |
                                                   (index[ranks.clip(0, len(index) - 1)] == 0))[0])
         raise DataError(f"{folder / RANKS}:{line + 1}: item id {ranks[line, col]} is not an item of the split "
-                        f"(ids are 0-based; map them with imported.item_ids)")
+                        f"(ids are 0-based; map them with item_ids)")
     users, positions = _keys(rows, data, rows_file)
     tables = ExportTables(TopK(users, positions, index[ranks], -distances.astype(np.float32)))
     if embeddings is not None:
@@ -229,35 +231,35 @@ def read_parquet(folder: Path) -> ExportTables:
                         {"score": export.info.get("score", "as in the imported teacher.json"), "format": "parquet"})
 
 
-class ImportTeacher(Teacher):
-    """No training: `export` reads the files, and write_export validates them against the split."""
+def read_import(cfg: ImportParams, data: TeacherData) -> ExportTables:
+    """The files of `cfg.path` as our tables (not yet validated against the split: `write_export` does)."""
+    folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise DataError(f"imports: path {folder} is not a folder")
+    if cfg.format == "parquet":
+        return read_parquet(folder)
+    return read_dllm2rec(folder, folder / str(cfg.rows), None if cfg.item_ids is None else str(folder / cfg.item_ids),
+                         data)
 
-    family = "import"
 
-    def __init__(self, cfg: TeacherParams):
-        super().__init__(cfg, device_of(cfg))
-        self.module = torch.nn.Module()
-
-    @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> ImportTeacher:
-        return cls(cfg)
-
-    def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        return FitState(run_id, finished=True)
-
-    def save(self, folder: Path) -> None:
-        """Nothing to save: the files are read at export time."""
-
-    @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> ImportTeacher:
-        return cls(cfg)
-
-    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
-        """All rows of the imported files (`export.train_positions` does not apply)."""
-        source = self.cfg.imported
-        folder = Path(source.path)
-        if not folder.is_dir():
-            raise DataError(f"teachers: imported.path {folder} is not a folder")
-        if source.format == "parquet":
-            return read_parquet(folder)
-        return read_dllm2rec(folder, Path(source.rows), source.item_ids, data)
+def import_teacher(params: Params, name: str, processed: Path | str, out_dir: Path | str) -> dict[str, Any]:
+    """Stage `import_teacher@<name>`: read `imports.<name>`'s files, check every row against the split and
+    write `data/teacher/<name>/` in the export contract (no training: its cost fields are 0)."""
+    if name not in params.imports:
+        trained = f" ({name!r} is a trained teacher: stages train_teacher/export_teacher)" if name in params.teachers else ""
+        raise ParamsError(f"no import named {name!r} in params.yaml{trained}; configured imports: "
+                          f"{', '.join(params.imports) or 'none'}")
+    cfg = params.imports[name]
+    data = TeacherData.load(processed)
+    started = time.perf_counter()
+    tables = read_import(cfg, data)
+    seconds = time.perf_counter() - started
+    users = np.unique(tables.topk.users).size
+    info = {"name": name, "family": "import", "base_model": None, "finetune": None, "parameters": 0,
+            "trainable_parameters": 0, "size_mb": 0.0, "train_seconds": 0.0, "source": cfg.model_dump(mode="json"),
+            "export": {"examples": len(tables.topk.users), "seconds": seconds,
+                       "ms_per_example": 1000 * seconds / max(len(tables.topk.users), 1),
+                       "ms_per_user": 1000 * seconds / max(users, 1), "device": "cpu",
+                       "threads": torch.get_num_threads()},
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return write_export(out_dir, tables, data.split.examples, data.n_items, info)

@@ -22,9 +22,6 @@ def teacher_class(family: str) -> type[Teacher]:
     if family == "id":
         from distillrec.teachers.idmodel import IdTeacher
         return IdTeacher
-    if family == "import":
-        from distillrec.teachers.imported import ImportTeacher
-        return ImportTeacher
     if family == "text":
         from distillrec.teachers.text import TextTeacher
         return TextTeacher

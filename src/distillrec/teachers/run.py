@@ -1,4 +1,7 @@
-"""Train and export one named teacher (`params.teachers.<name>`): what the two stages call."""
+"""Train and export one named teacher (`params.teachers.<name>`): what the two stages call.
+
+Imported teachers (`params.imports.<name>`) have their own stage: `teachers.imported.import_teacher`.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from typing import Any
 
 import torch
 
-from distillrec.errors import ParamsError
+from distillrec.errors import DataError, ParamsError
 from distillrec.io import atomic_dir, sha256_file, write_json
-from distillrec.params import Params, TeacherParams
+from distillrec.params import Params, TeacherParams, validate_teacher
 from distillrec.teachers.base import read_summary
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
@@ -24,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def teacher_params(params: Params, name: str) -> TeacherParams:
     if name not in params.teachers:
-        raise ParamsError(f"no teacher named {name!r} in params.yaml; configured teachers: "
+        imported = f" ({name!r} is an import: stage import_teacher@{name})" if name in params.imports else ""
+        raise ParamsError(f"no teacher named {name!r} in params.yaml{imported}; configured teachers: "
                           f"{', '.join(params.teachers) or 'none'}")
     return params.teachers[name]
 
@@ -74,7 +78,11 @@ def export_teacher(params: Params, name: str, processed: Path | str, model_dir: 
     """Score the examples with the trained teacher and write `data/teacher/<name>/`."""
     cfg, model_dir = teacher_params(params, name), Path(model_dir)
     summary = read_summary(model_dir)
-    trained = TeacherParams.model_validate(summary["params"])
+    try:
+        trained = validate_teacher(summary["params"], name)
+    except ParamsError as exc:  # written before the params layout changed, or by hand
+        raise DataError(f"{model_dir / 'trained.json'} holds params this version cannot read ({exc}); "
+                        f"re-run train_teacher") from None
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = TeacherData.load(processed)
@@ -84,8 +92,8 @@ def export_teacher(params: Params, name: str, processed: Path | str, model_dir: 
     with torch.no_grad():
         tables = teacher.export(data, examples, cfg.export)
     seconds = time.perf_counter() - started
-    info = {"name": name, "family": trained.family, "base_model": trained.base_model,
-            "finetune": trained.finetune, "parameters": summary["parameters"],
+    info = {"name": name, "family": trained.family, "base_model": getattr(trained.model, "base_model", None),
+            "finetune": getattr(trained.model, "finetune", None), "parameters": summary["parameters"],
             "trainable_parameters": summary["trainable_parameters"], "size_mb": summary["size_mb"],
             "train_seconds": summary["fit"]["seconds"], "fit": summary["fit"],
             "export": {**cfg.export.model_dump(mode="json"), "examples": examples.height, "seconds": seconds,

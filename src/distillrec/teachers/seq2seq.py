@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import DataError
-from distillrec.params import TeacherExportParams, TeacherParams
+from distillrec.params import Seq2SeqExportParams, Seq2SeqTeacherParams
 from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
                                       load_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.data import TeacherData
@@ -103,7 +103,7 @@ class _Training:
         cfg = teacher.cfg
         self.teacher, self.data, self.accelerator, self.cfg = teacher, data, accelerator, cfg
         self.train = {}
-        for task in cfg.seq2seq.tasks:
+        for task in cfg.model.tasks:
             examples = _task_examples(data, task, "train")
             if len(examples):
                 self.train[task] = _subset(examples, cfg.train.sample, cfg.train.seed)
@@ -169,7 +169,7 @@ class Seq2SeqTeacher(Teacher):
 
     family = "seq2seq"
 
-    def __init__(self, cfg: TeacherParams, device: torch.device, module: PODModel, tokenizer):
+    def __init__(self, cfg: Seq2SeqTeacherParams, device: torch.device, module: PODModel, tokenizer):
         super().__init__(cfg, device)
         self.module = module.to(device)
         self.tokenizer = tokenizer
@@ -179,25 +179,25 @@ class Seq2SeqTeacher(Teacher):
     # -- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> Seq2SeqTeacher:
-        if "sequential" not in cfg.seq2seq.tasks:
+    def create(cls, cfg: Seq2SeqTeacherParams, data: TeacherData) -> Seq2SeqTeacher:
+        if "sequential" not in cfg.model.tasks:
             raise DataError("seq2seq.tasks must include sequential: the export lists top-K items")
         torch.manual_seed(cfg.train.seed)
-        if cfg.base_model is None:
-            tokenizer = train_tokenizer(cls._tokenizer_texts(data), cfg.config.vocab_size, "<pad>", "</s>", "<unk>")
-            c = cfg.config
+        if cfg.model.base_model is None:
+            tokenizer = train_tokenizer(cls._tokenizer_texts(data), cfg.model.config.vocab_size, "<pad>", "</s>", "<unk>")
+            c = cfg.model.config
             backbone = T5ForConditionalGeneration(T5Config(
                 vocab_size=len(tokenizer), d_model=c.d_model, d_kv=c.d_model // c.heads, d_ff=c.d_ff,
                 num_layers=c.layers, num_decoder_layers=c.layers, num_heads=c.heads,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 decoder_start_token_id=tokenizer.pad_token_id))
-            if cfg.finetune == "lora":
+            if cfg.model.finetune == "lora":
                 log.warning("LoRA on a backbone built from config trains adapters over random weights")
         else:
-            tokenizer = from_pretrained(AutoTokenizer, cfg.base_model)
-            backbone = from_pretrained(T5ForConditionalGeneration, cfg.base_model)
+            tokenizer = from_pretrained(AutoTokenizer, cfg.model.base_model)
+            backbone = from_pretrained(T5ForConditionalGeneration, cfg.model.base_model)
         backbone = apply_finetune(backbone, cfg, default_targets=["q", "v"], task_type="SEQ_2_SEQ_LM")
-        module = PODModel(backbone, len(cfg.seq2seq.tasks), cfg.seq2seq.prompts_per_task)
+        module = PODModel(backbone, len(cfg.model.tasks), cfg.model.prompts_per_task)
         return cls(cfg, device_of(cfg), module, tokenizer)
 
     @staticmethod
@@ -219,11 +219,11 @@ class Seq2SeqTeacher(Teacher):
         torch.save({name: m.state_dict() for name, m in self.module.extras().items()}, folder / "extras.pt")
 
     @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> Seq2SeqTeacher:
+    def load(cls, folder: Path, cfg: Seq2SeqTeacherParams) -> Seq2SeqTeacher:
         folder = Path(folder)
         tokenizer = from_pretrained(AutoTokenizer, str(folder / "tokenizer"))
         backbone = load_backbone(T5ForConditionalGeneration, cfg, folder, torch.float32)
-        module = PODModel(backbone, len(cfg.seq2seq.tasks), cfg.seq2seq.prompts_per_task)
+        module = PODModel(backbone, len(cfg.model.tasks), cfg.model.prompts_per_task)
         load_extras(folder, module.extras())
         module.eval()
         return cls(cfg, device_of(cfg), module, tokenizer)
@@ -231,7 +231,7 @@ class Seq2SeqTeacher(Teacher):
     # -- shared by training and export ------------------------------------------------------------
 
     def task_index(self, task: str) -> int:
-        return self.cfg.seq2seq.tasks.index(task)
+        return self.cfg.model.tasks.index(task)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 compute over fp32 weights (pure-bf16 T5 weights would lose small AdamW updates)."""
@@ -243,13 +243,13 @@ class Seq2SeqTeacher(Teacher):
         histories = None
         if examples.task == "sequential":
             histories = split.histories(examples.users[index], examples.positions[index],
-                                        self.cfg.seq2seq.max_history)
+                                        self.cfg.model.max_history)
         return self.codec.inputs(input_texts(examples, index, histories, templates))
 
     def batch(self, split: SplitData, examples: TaskExamples, index: np.ndarray, templates: list[int] | None,
               device: torch.device) -> tuple[PromptInputs, torch.Tensor]:
         """Inputs and labels (item id word, or explanation cut to explanation_tokens; then eos; pads -100)."""
-        labels = self.codec.labels(target_texts(examples, index), self.cfg.seq2seq.explanation_tokens)
+        labels = self.codec.labels(target_texts(examples, index), self.cfg.model.explanation_tokens)
         return self.inputs(split, examples, index, templates).to(device), labels.to(device)
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
@@ -264,7 +264,7 @@ class Seq2SeqTeacher(Teacher):
 
     # -- export -----------------------------------------------------------------------------------
 
-    def beams(self, cfg: TeacherExportParams) -> int:
+    def beams(self, cfg: Seq2SeqExportParams) -> int:
         """export.beams, at least top_k."""
         return max(cfg.beams or cfg.top_k, cfg.top_k)
 
@@ -308,7 +308,7 @@ class Seq2SeqTeacher(Teacher):
         table = self.module.backbone.get_input_embeddings()(padded).float()
         return ((table * mask).sum(1) / mask.sum(1)).cpu().numpy()
 
-    def top_k(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams
+    def top_k(self, data: TeacherData, examples: pl.DataFrame, cfg: Seq2SeqExportParams
               ) -> tuple[TopK, States]:
         """Constrained beam search over the bare sequential input; the state is the mean encoder output."""
         k, beams = cfg.top_k, self.beams(cfg)
@@ -335,14 +335,14 @@ class Seq2SeqTeacher(Teacher):
             items[index], scores[index] = top.cpu().numpy(), score.cpu().numpy()
         return TopK(users, positions, items, scores), States(users, positions, states)
 
-    def explanations(self, data: TeacherData, cfg: TeacherExportParams) -> pl.DataFrame | None:
+    def explanations(self, data: TeacherData, cfg: Seq2SeqExportParams) -> pl.DataFrame | None:
         """Beam-search explanations of the test examples that have a reference, from `user_u item_i`."""
-        if "explanation" not in self.cfg.seq2seq.tasks:
+        if "explanation" not in self.cfg.model.tasks:
             return None
         test = _task_examples(data, "explanation", "test")
         if not len(test):
             return None
-        s2s = self.cfg.seq2seq
+        s2s = self.cfg.model
         task, generated = self.task_index("explanation"), []
         backbone = self.module.backbone
         for start in tqdm(range(0, len(test), cfg.batch_size), desc="explanations", disable=None):
@@ -361,7 +361,7 @@ class Seq2SeqTeacher(Teacher):
                              "item_idx": test.items.astype(np.int32), "generated": generated,
                              "reference": references})
 
-    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams) -> ExportTables:
+    def export(self, data: TeacherData, examples: pl.DataFrame, cfg: Seq2SeqExportParams) -> ExportTables:
         self.module.eval()
         with torch.no_grad():
             topk, states = self.top_k(data, examples, cfg)
@@ -369,8 +369,8 @@ class Seq2SeqTeacher(Teacher):
             embeddings = self.item_embeddings(data.n_items)
         d_model = self.module.backbone.config.d_model
         info = {"family": self.family, "score": SCORE, "d_model": d_model,
-                "beams": self.beams(cfg), "prompts_per_task": self.cfg.seq2seq.prompts_per_task,
-                "max_history": self.cfg.seq2seq.max_history,
+                "beams": self.beams(cfg), "prompts_per_task": self.cfg.model.prompts_per_task,
+                "max_history": self.cfg.model.max_history,
                 "item_embedding": "mean input token embedding of the id word item_<i>",
                 "state": "mean encoder output (prompt + tokens) of the bare sequential input"}
         return ExportTables(topk, embeddings, states, explanations, info)

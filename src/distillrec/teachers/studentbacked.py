@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from distillrec.params import STUDENT_TRAINING, StudentParams, TeacherExportParams, TeacherParams, TrainParams
+from distillrec.params import (STUDENT_TRAINING, FusionTeacherParams, IdTeacherParams, StudentParams,
+                               TeacherExportParams, TextTeacherParams, TrainParams)
 from distillrec.students import Student
 from distillrec.students.base import trim_padding
 from distillrec.students.sasrec import SASRec
@@ -27,12 +28,12 @@ log = logging.getLogger(__name__)
 SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
 
 
-def train_params(cfg: TeacherParams, window_stride: int | None) -> TrainParams:
+def train_params(cfg: IdTeacherParams | TextTeacherParams | FusionTeacherParams) -> TrainParams:
     """The students' trainer settings from the teacher's `train` section."""
     t = cfg.train
-    return TrainParams(**{name: getattr(t, name) for name in STUDENT_TRAINING}, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs,
-                       patience=t.patience, seeds=[t.seed], device=t.device, threads=t.threads,
-                       window_stride=window_stride)
+    return TrainParams(**{name: getattr(t, name) for name in STUDENT_TRAINING}, lr=t.lr, weight_decay=t.weight_decay,
+                       batch_size=t.batch_size, epochs=t.epochs, patience=t.patience, seeds=[t.seed], device=t.device,
+                       threads=t.threads, window_stride=t.window_stride)
 
 
 @torch.no_grad()

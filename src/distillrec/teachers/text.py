@@ -37,7 +37,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from distillrec.errors import DataError
-from distillrec.params import StudentParams, TeacherExportParams, TeacherParams, TextTeacherParams
+from distillrec.params import StudentParams, TeacherExportParams, TextModelParams, TextTeacherParams
 from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
                                       read_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.data import TeacherData
@@ -123,7 +123,7 @@ class TextTrainer(Trainer):
         return super().train_epoch(epoch)
 
 
-def sasrec_params(text: TextTeacherParams) -> StudentParams:
+def sasrec_params(text: TextModelParams) -> StudentParams:
     return StudentParams(model="sasrec", hidden=text.hidden, layers=text.layers, heads=text.heads,
                          dropout=text.dropout, max_length=text.max_length)
 
@@ -131,13 +131,13 @@ def sasrec_params(text: TextTeacherParams) -> StudentParams:
 class TextTeacher(Teacher):
     family = "text"
 
-    def __init__(self, cfg: TeacherParams, model: TableSASRec, tokenizer: Any, item_map: pl.DataFrame):
+    def __init__(self, cfg: TextTeacherParams, model: TableSASRec, tokenizer: Any, item_map: pl.DataFrame):
         super().__init__(cfg, device_of(cfg))
         self.module, self.tokenizer, self.item_map = model.to(self.device), tokenizer, item_map
 
     @classmethod
-    def _build(cls, cfg: TeacherParams, encoder: nn.Module, tokenizer: Any, item_map: pl.DataFrame) -> TextTeacher:
-        t = cfg.text
+    def _build(cls, cfg: TextTeacherParams, encoder: nn.Module, tokenizer: Any, item_map: pl.DataFrame) -> TextTeacher:
+        t = cfg.model
         tokens = ItemTokens.build(tokenizer, item_texts(item_map, t.fields), t.max_text_tokens)
         text = TextEncoder(encoder, tokens, t.encode_batch_size, encoder.config.hidden_size)
         adaptor = MoEAdaptor(text.dim, t.hidden, t.adaptor_experts, t.adaptor_dropout)
@@ -145,14 +145,14 @@ class TextTeacher(Teacher):
         return cls(cfg, TableSASRec(sasrec_params(t), tokens.n_items, items), tokenizer, item_map)
 
     @classmethod
-    def create(cls, cfg: TeacherParams, data: TeacherData) -> TextTeacher:
+    def create(cls, cfg: TextTeacherParams, data: TeacherData) -> TextTeacher:
         torch.manual_seed(cfg.train.seed)
-        tokenizer = from_pretrained(AutoTokenizer, cfg.base_model)
-        encoder = from_pretrained(AutoModel, cfg.base_model, dtype=resolve_dtype(cfg, device_of(cfg)))
+        tokenizer = from_pretrained(AutoTokenizer, cfg.model.base_model)
+        encoder = from_pretrained(AutoModel, cfg.model.base_model, dtype=resolve_dtype(cfg, device_of(cfg)))
         encoder = apply_finetune(encoder, cfg, default_targets=None, task_type="FEATURE_EXTRACTION")
         teacher = cls._build(cfg, encoder, tokenizer, data.split.item_map)
         teacher.module.items.adaptor.center(teacher.encoder.catalogue()[1:])
-        log.info("text teacher: %s (%s), %d items, %d trainable parameters", cfg.base_model, cfg.finetune,
+        log.info("text teacher: %s (%s), %d items, %d trainable parameters", cfg.model.base_model, cfg.model.finetune,
                  data.n_items, sum(p.numel() for p in teacher.module.parameters() if p.requires_grad))
         return teacher
 
@@ -161,13 +161,13 @@ class TextTeacher(Teacher):
         return self.module.items.text
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        text = self.cfg.text
+        text = self.cfg.model
         self.module.leave_out_unseen(data)
-        train = train_params(self.cfg, text.window_stride)
+        train = train_params(self.cfg)
         trainer = TextTrainer(self.module, data.split, sasrec_params(text), train,
                               with_text_rows(build_objective(train, data.split)), checkpoint_dir, live_dir, run_id,
                               self.cfg.train.seed,
-                              encoder_lr=text.encoder_lr)
+                              encoder_lr=self.cfg.train.encoder_lr)
         state = trainer.fit()
         log.info("text teacher: %d catalogue passes of the encoder for %d epochs", self.encoder.passes, state.epoch)
         return state
@@ -181,7 +181,7 @@ class TextTeacher(Teacher):
                    folder / "extras.pt")
 
     @classmethod
-    def load(cls, folder: Path, cfg: TeacherParams) -> TextTeacher:
+    def load(cls, folder: Path, cfg: TextTeacherParams) -> TextTeacher:
         folder = Path(folder)
         if not (folder / "item_map.parquet").is_file():
             raise DataError(f"{folder} is not a saved text teacher (no item_map.parquet): re-run train_teacher")
@@ -203,8 +203,8 @@ class TextTeacher(Teacher):
         if data.n_items != self.encoder.tokens.n_items:
             raise DataError(f"the split has {data.n_items} items, the teacher was trained on "
                             f"{self.encoder.tokens.n_items}: re-run train_teacher")
-        t = self.cfg.text
-        info = {"family": "text", "base_model": self.cfg.base_model, "finetune": self.cfg.finetune,
+        t = self.cfg.model
+        info = {"family": "text", "base_model": self.cfg.model.base_model, "finetune": self.cfg.model.finetune,
                 "fields": t.fields, "hidden": t.hidden,
                 "item_embeddings": "adaptor(mean-pooled encoder output of the item's text): the table the "
                                    "SASRec reads and scores with"}
