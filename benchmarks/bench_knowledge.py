@@ -4,8 +4,8 @@
 student matrix almost twice as fast. This driver writes the params file (relative paths resolved
 against the repository root) into a work folder laid out like the repository, then runs
 `stages/*.py` there in the DAG's order: ingest, split, embed_items@*, train_teacher@* and
-export_teacher@* (one process per teacher), the baseline and every distilled student per seed, and
-evaluate. The numbers are therefore exactly what the DAG gives with the same params:
+export_teacher@* (one process per teacher), import_teacher@*, the baseline and every distilled
+student per seed, and evaluate. The numbers are therefore exactly what the DAG gives with the same params:
 `python benchmarks/bench_knowledge.py <params file> --params-out params.yaml && dvc repro`.
 A step whose output already exists is skipped (delete the work folder, or the output, to redo it).
 The wall time of every step goes to `<work>/steps.jsonl`; the table is `<work>/metrics/report.md`.
@@ -46,6 +46,9 @@ def resolve_paths(raw: dict) -> dict:
         model = entry.get("model")
         if model and (model.startswith(".") or (REPO / model).exists()):
             entry["model"] = str((REPO / model).resolve())
+    for entry in raw.get("imports", {}).values():   # imported teacher folders (rows, item_ids are inside them)
+        if entry.get("path") and not Path(entry["path"]).is_absolute():
+            entry["path"] = str((REPO / entry["path"]).resolve())
     return raw
 
 
@@ -134,6 +137,8 @@ def main() -> None:
         parallel(args.jobs, [(run_step, work, "embed_items", name, {"done": work / "data" / "item_text" / name})
                              for name in raw.get("embed", {})])
         parallel(args.jobs, [(teacher, work, name, {}) for name in raw.get("teachers", {})])
+        parallel(args.jobs, [(run_step, work, "import_teacher", name, {"done": work / "data" / "teacher" / name})
+                             for name in raw.get("imports", {})])
     if args.only == "teachers":
         return
     seeds = raw["train"]["seeds"]

@@ -209,7 +209,7 @@ def test_knowledge_params_are_checked(raw, fragment):
 def test_llm_init_needs_no_teacher_and_combines_with_every_method():
     params = parse_params({"embed": {"lm": {}}, "distill": {"methods": ["llm_init"], "llm_init": {"embedding": "lm"}}})
     assert params.distill.runs == ["llm_init"]
-    combined = parse_params({"embed": {"lm": {}}, "teachers": {"t": {}}, "distill": {
+    combined = parse_params({"embed": {"lm": {}}, "teachers": {"t": {"family": "id"}}, "distill": {
         "methods": ["logit_kd"], "teachers": ["t"],
         "llm_init": {"embedding": "lm", "combine": ["dllm2rec", "prmkd", "feature", "logit_kd"]}}})
     assert combined.distill.runs == ["logit_kd", "llm_init+dllm2rec", "llm_init+prmkd", "llm_init+feature",

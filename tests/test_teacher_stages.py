@@ -11,30 +11,31 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-TINY = {"family": "seq2seq", "finetune": "lora",
-        "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+TINY = {"family": "seq2seq",
+        "model": {"finetune": "lora", "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+                  "max_history": 6, "explanation_tokens": 8},
         "train": {"epochs": 1, "batch_size": 16, "sample": 64, "valid_examples": 16, "threads": 1},
-        "export": {"top_k": 5, "train_positions": 1, "batch_size": 32, "explanation_beams": 2},
-        "seq2seq": {"max_history": 6, "explanation_tokens": 8}}
+        "export": {"top_k": 5, "train_positions": 1, "batch_size": 32, "explanation_beams": 2}}
 
 
 # the trainable families, each tiny; what each leaves besides its weights
 PARALLEL = {
     "seq2seq": (TINY, "adapter"),
-    "causal": ({"family": "causal", "finetune": "lora",
-                "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "vocab_size": 300},
+    "causal": ({"family": "causal",
+                "model": {"finetune": "lora", "config": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64,
+                                                         "vocab_size": 300},
+                          "max_history": 4, "max_title_tokens": 8},
                 "train": {"epochs": 1, "batch_size": 32, "sample": 96, "valid_examples": 32, "threads": 1},
-                "export": {"top_k": 5, "train_positions": 1, "batch_size": 64},
-                "causal": {"max_history": 4, "max_title_tokens": 8}}, "adapter"),
+                "export": {"top_k": 5, "train_positions": 1, "batch_size": 64}}, "adapter"),
     "id": ({"family": "id", "train": {"epochs": 2, "batch_size": 16, "threads": 1, "objective": "sampled_softmax",
                                        "negatives": 16},
             "export": {"top_k": 5, "train_positions": 1},
-            "id": {"hidden": 16, "layers": 1, "heads": 1, "max_length": 20}}, "model"),
-    "text": ({"family": "text", "finetune": "lora", "base_model": "bert",
+            "model": {"hidden": 16, "layers": 1, "heads": 1, "max_length": 20}}, "model"),
+    "text": ({"family": "text",
+              "model": {"finetune": "lora", "base_model": "bert", "hidden": 16, "layers": 1, "heads": 1,
+                        "max_length": 20, "max_text_tokens": 16, "grad_items": 16, "encode_batch_size": 32},
               "train": {"epochs": 1, "batch_size": 16, "threads": 1},
-              "export": {"top_k": 5, "train_positions": 1},
-              "text": {"hidden": 16, "layers": 1, "heads": 1, "max_length": 20, "max_text_tokens": 16,
-                       "grad_items": 16, "encode_batch_size": 32}}, "adapter"),
+              "export": {"top_k": 5, "train_positions": 1}}, "adapter"),
 }
 
 
@@ -87,7 +88,7 @@ def test_two_process_training_then_export(workdir, small_split, family):
 def test_unknown_teacher_and_bad_base_model_fail_cleanly(workdir):
     code, out = _run([sys.executable, str(REPO / "stages" / "train_teacher.py"), "nope"], workdir)
     assert code == 1 and "no teacher named 'nope'" in out and "Traceback" not in out
-    params = {"teachers": {"tiny": TINY | {"base_model": "./no/such/model"}}}
+    params = {"teachers": {"tiny": TINY | {"model": TINY["model"] | {"base_model": "./no/such/model"}}}}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     code, out = _run([sys.executable, str(REPO / "stages" / "train_teacher.py"), "tiny"], workdir)
     assert code == 1 and "no such folder" in out and "Traceback" not in out

@@ -2,7 +2,7 @@
 
 Item i's vector = e_i + adaptor(z_i): a trainable ID embedding e_i (what the interactions say about
 the item) plus UniSRec's MoE adaptor over z_i, a pretrained LM's vector of the item's text, computed
-once by `embed_items@<fusion.embedding>` and frozen here. A SASRec larger than the student reads
+once by `embed_items@<model.embedding>` and frozen here. A SASRec larger than the student reads
 histories from that table and scores the whole catalogue with it (full-catalogue CE, validation
 selection, exported like the `id` teacher).
 
@@ -11,7 +11,7 @@ many interactions (the Office text-only teacher is below the ID baseline), IDs a
 rare items; the sum lets popular items drift from their text while rare ones keep it. LLM-ESR's dual
 view needs two sequence encoders (twice the cost) and LLMEmb fine-tunes the LLM; both also fuse per
 item, so the sum is the cheapest member of the family, and with a frozen, precomputed z the teacher
-costs no LM pass while training. `fusion.ids: false` drops e_i: the text-only ablation (what the
+costs no LM pass while training. `model.ids: false` drops e_i: the text-only ablation (what the
 `text` family computes with a frozen encoder).
 
 Items that occur in no training sequence are left out of the training softmax (their ID rows never

@@ -14,7 +14,7 @@ ml-100k, held-out items then ranked at the median 1084 of 1572, worse than chanc
 Encoder cost: one catalogue pass per epoch. Encoder outputs are cached (`itemtext.TextEncoder`) and
 recomputed only when encoder weights change, so a frozen encoder is encoded once. With a trainable
 encoder, each training step re-encodes with gradient the batch's items (histories and targets; a
-random `text.grad_items` of them when there are more) and splices them into the cached table: the
+random `model.grad_items` of them when there are more) and splices them into the cached table: the
 other rows are constants from the epoch's start, so the encoder learns from the batch's items while
 the adaptor and the SASRec see the whole table. The step's update makes the cache stale; it is
 recomputed at the next use in eval mode (the validation after the epoch, or the export) and is
