@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distillrec.params import TeacherParams, load_params
+from distillrec.params import Seq2SeqTeacherParams, load_params, validate_teacher
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import select_examples
@@ -25,9 +25,9 @@ from distillrec.teachers.export import select_examples
 OUT = Path("benchmarks/out/teacher_cpu")
 
 
-def measure(cfg: TeacherParams, data: TeacherData, n_export: int) -> dict:
+def measure(cfg: Seq2SeqTeacherParams, data: TeacherData, n_export: int) -> dict:
     teacher = teacher_class(cfg.family).create(cfg, data)
-    name = f"{cfg.family}-{cfg.finetune}-{time.strftime('%H%M%S')}"
+    name = f"{cfg.family}-{cfg.model.finetune}-{time.strftime('%H%M%S')}"
     started = time.perf_counter()
     state = teacher.fit(data, OUT / "ckpt" / name, OUT / "live" / name, name)
     fit_seconds = state.seconds
@@ -36,9 +36,9 @@ def measure(cfg: TeacherParams, data: TeacherData, n_export: int) -> dict:
     with torch.no_grad():
         tables = teacher.export(data, examples, cfg.export)
     export_seconds = time.perf_counter() - started
-    trained = cfg.train.sample * len(cfg.seq2seq.tasks if cfg.family == "seq2seq" else [1])
+    trained = cfg.train.sample * len(cfg.model.tasks if cfg.family == "seq2seq" else [1])
     trainable = sum(p.numel() for p in teacher.module.parameters() if p.requires_grad)
-    return {"family": cfg.family, "finetune": cfg.finetune, "trainable_parameters": trainable,
+    return {"family": cfg.family, "finetune": cfg.model.finetune, "trainable_parameters": trainable,
             "parameters": sum(p.numel() for p in teacher.module.parameters()),
             "train_examples": trained, "train_seconds": fit_seconds, "train_ex_per_s": trained / fit_seconds,
             "export_examples": examples.height, "export_seconds": export_seconds,
@@ -62,9 +62,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
     for finetune in ("full", "lora"):
-        raw = base | {"finetune": finetune}
+        raw = base | {"model": base["model"] | {"finetune": finetune}}
         raw["train"] = raw["train"] | {"epochs": 1, "sample": args.sample, "device": "cpu"}
-        rows.append(measure(TeacherParams.model_validate(raw), data, args.export))
+        rows.append(measure(validate_teacher(raw), data, args.export))
         with open(OUT / "results.jsonl", "a") as handle:
             handle.write(json.dumps(rows[-1]) + "\n")
     print("| finetune | trainable / all params | train ex/s | export ex/s (top-K + state + explanations) |")

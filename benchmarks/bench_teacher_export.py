@@ -41,17 +41,17 @@ def prepare(processed: str | None) -> Path:
 
 
 def teacher_params(args: argparse.Namespace) -> dict:
-    raw = {"family": "causal", "finetune": "lora",
+    raw = {"family": "causal",
+           "model": {"finetune": "lora", "max_history": args.max_history, "max_title_tokens": args.max_title_tokens},
            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "sample": args.sample, "lr": args.lr,
                      "valid_examples": args.valid_examples, "device": args.device, "patience": args.epochs,
                      "threads": args.threads},
            "export": {"top_k": args.top_k, "train_positions": "all", "batch_size": args.batch_size,
-                      "grounding_beams": args.beams},
-           "causal": {"max_history": args.max_history, "max_title_tokens": args.max_title_tokens}}
+                      "grounding_beams": args.beams}}
     if args.model == "tiny":
-        raw["config"] = {"d_model": 64, "layers": 2, "heads": 4, "d_ff": 128, "vocab_size": 400}
+        raw["model"]["config"] = {"d_model": 64, "layers": 2, "heads": 4, "d_ff": 128, "vocab_size": 400}
     else:
-        raw["base_model"] = str(SMOLLM)
+        raw["model"]["base_model"] = str(SMOLLM)
     return raw
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     import polars as pl
     import torch
 
-    from distillrec.params import TeacherParams
+    from distillrec.params import validate_teacher
     from distillrec.teachers.causal import CausalTeacher
     from distillrec.teachers.data import TeacherData
 
@@ -86,7 +86,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = TeacherData.load(prepare(args.processed))
-    cfg = TeacherParams.model_validate(teacher_params(args))
+    cfg = validate_teacher(teacher_params(args))
     started = time.perf_counter()
     teacher = CausalTeacher.create(cfg, data)
     created = time.perf_counter() - started

@@ -43,12 +43,12 @@ HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0
 TRAIN = {"lr": 0.001, "batch_size": 64, "epochs": 30, "patience": 5, "device": "cpu", "threads": 1}
 EXPORT = {"top_k": 20, "train_positions": 10, "batch_size": 256}
 SASREC = {"hidden": 64, "layers": 2, "heads": 2, "dropout": 0.5, "max_length": 50}
-TEXT = {"family": "text", "base_model": str(MINILM), "train": TRAIN | {"lr": 0.003}, "export": EXPORT,
-        "text": SASREC | {"max_text_tokens": 32, "grad_items": 64, "encoder_lr": 0.0003}}
+TEXT = {"family": "text", "train": TRAIN | {"lr": 0.003, "encoder_lr": 0.0003}, "export": EXPORT,
+        "model": SASREC | {"base_model": str(MINILM), "max_text_tokens": 32, "grad_items": 64}}
 RUNS = {
-    "text-lora": TEXT | {"finetune": "lora", "train": TEXT["train"] | {"epochs": 8}},
-    "text-frozen": TEXT | {"finetune": "frozen"},
-    "id": {"family": "id", "train": TRAIN | {"batch_size": 16}, "export": EXPORT, "id": SASREC | {"model": "sasrec"}},
+    "text-lora": TEXT | {"model": TEXT["model"] | {"finetune": "lora"}, "train": TEXT["train"] | {"epochs": 8}},
+    "text-frozen": TEXT | {"model": TEXT["model"] | {"finetune": "frozen"}},
+    "id": {"family": "id", "train": TRAIN | {"batch_size": 16}, "export": EXPORT, "model": SASREC | {"model": "sasrec"}},
 }
 
 
@@ -85,14 +85,14 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from distillrec.evaluate.evaluation import Evaluator
-    from distillrec.params import EvaluateParams, TeacherParams
+    from distillrec.params import EvaluateParams, validate_teacher
     from distillrec.teachers.registry import teacher_class
     from distillrec.teachers.data import TeacherData
     from distillrec.teachers.export import select_examples, write_export
     from distillrec.train.metrics import metrics_from_ranks
     from distillrec.train.ranking import rank_split, student_scorer
 
-    cfg = TeacherParams.model_validate(job["config"])
+    cfg = validate_teacher(job["config"])
     processed, name = Path(job["processed"]), f"{job['split']}-{job['run']}{job['tag']}"
     data = TeacherData.load(processed)
     shutil.rmtree(OUT / "ckpt" / name, ignore_errors=True)   # always a fresh fit: never resume a finished one
@@ -108,7 +108,7 @@ def run_one(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         write_export(folder, tables, data.split.examples, data.n_items, {"name": name})
     model = teacher.module.eval()
-    length = cfg.text.max_length if cfg.family == "text" else cfg.id.max_length
+    length = cfg.model.max_length
     evaluator = Evaluator(processed, EvaluateParams(ks=[10, 20], latency_repeats=200), "cpu")
     evaluator.add(name, student_scorer(model), length, {})
     row = evaluator.table[name]
@@ -149,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=["full", "holdout"], default="full")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=["text-lora", "text-frozen"])
-    parser.add_argument("--set", default="{}", help='JSON overrides per section, e.g. {"text": {"grad_items": 32}}')
+    parser.add_argument("--set", default="{}", help='JSON overrides per section, e.g. {"model": {"grad_items": 32}}')
     parser.add_argument("--tag", default="")
     parser.add_argument("--results", type=Path, default=OUT / "results.jsonl")
     parser.add_argument("--child", help=argparse.SUPPRESS)

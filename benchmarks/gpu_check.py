@@ -53,8 +53,8 @@ from distillrec.embed.run import catalogue_texts, encode_rows
 from distillrec.embed.store import write_item_embeddings
 from distillrec.embed.text import ItemInputs
 from distillrec.hf import resolve_precision
-from distillrec.params import (DatasetParams, Params, SplitParams, StudentParams, SyntheticParams, TeacherParams,
-                              TrainParams)
+from distillrec.params import (CausalTeacherParams, DatasetParams, Params, SplitParams, StudentParams,
+                              SyntheticParams, TrainParams, validate_teacher)
 from distillrec.students import build_student
 from distillrec.teachers.registry import teacher_class
 from distillrec.teachers.data import TeacherData
@@ -215,9 +215,9 @@ def gradients(module: torch.nn.Module) -> np.ndarray:
     return np.concatenate([numpy(p.grad).ravel() for p in module.parameters() if p.grad is not None])
 
 
-def build_llama(cfg: TeacherParams, data: TeacherData, device: torch.device, lm: bool = True
+def build_llama(cfg: CausalTeacherParams, data: TeacherData, device: torch.device, lm: bool = True
                 ) -> tuple[Any, torch.nn.Module]:
-    """The tokenizer and a LLaMA of `cfg.config` built on `device` in the teacher's precision, random
+    """The tokenizer and a LLaMA of `cfg.model.config` built on `device` in the teacher's precision, random
     weights: the causal LM (`lm`) or its decoder body (what `embed_items` reads). The model gets the
     whole `config.vocab_size` (LLaMA-2: 32,000) although the dataset's tokenizer uses fewer ids."""
     from transformers import AutoModel, AutoModelForCausalLM
@@ -225,7 +225,7 @@ def build_llama(cfg: TeacherParams, data: TeacherData, device: torch.device, lm:
     from distillrec.teachers.causal import config_llama
 
     tokenizer, config = config_llama(cfg, data.require_titles("causal"))
-    config.vocab_size = max(config.vocab_size, cfg.config.vocab_size)
+    config.vocab_size = max(config.vocab_size, cfg.model.config.vocab_size)
     torch.manual_seed(cfg.train.seed)
     with torch.device(device):
         model = (AutoModelForCausalLM if lm else AutoModel).from_config(
@@ -240,10 +240,13 @@ def causal_outputs(data: TeacherData, device: torch.device, root: Path) -> dict[
     of the adapters, the item table and the scoring head)."""
     from distillrec.teachers.causal import CausalTeacher, _Task
 
-    cfg = TeacherParams.model_validate({
-        "family": "causal", "config": TINY_LLAMA, "lora": {"dropout": 0.0},
-        "train": {"batch_size": 16, "sample": 16, "valid_examples": 16, "device": device.type, "precision": "fp32"},
-        "export": {"top_k": 5, "batch_size": 16}, "causal": {"max_history": 4, "max_title_tokens": 8}})
+    cfg = validate_teacher({
+        "family": "causal",
+        "model": {"finetune": "lora", "config": TINY_LLAMA, "lora": {"dropout": 0.0}, "max_history": 4,
+                  "max_title_tokens": 8},
+        "train": {"lr": 0.001, "batch_size": 16, "sample": 16, "valid_examples": 16, "device": device.type,
+                  "precision": "fp32"},
+        "export": {"top_k": 5, "batch_size": 16}})
     teacher = CausalTeacher.create(cfg, data)
     tables = teacher.export(data, select_examples(data.split.examples, 2).head(48), cfg.export)
     task = _Task(teacher, data, accelerator_on(device))
@@ -263,11 +266,12 @@ def pod_outputs(data: TeacherData, device: torch.device, root: Path) -> dict[str
     step: T5's dropout (0.1, config-built) draws different masks on each device."""
     from distillrec.teachers.seq2seq import Seq2SeqTeacher, _Training
 
-    cfg = TeacherParams.model_validate({
-        "family": "seq2seq", "finetune": "full", "config": TINY_LLAMA,
-        "train": {"batch_size": 16, "valid_examples": 32, "device": device.type, "precision": "fp32", "seed": 1},
-        "export": {"top_k": 5, "batch_size": 16},
-        "seq2seq": {"max_history": 6, "explanation_tokens": 8}})
+    cfg = validate_teacher({
+        "family": "seq2seq",
+        "model": {"finetune": "full", "config": TINY_LLAMA, "max_history": 6, "explanation_tokens": 8},
+        "train": {"batch_size": 16, "sample": None, "valid_examples": 32, "device": device.type, "precision": "fp32",
+                  "seed": 1},
+        "export": {"top_k": 5, "batch_size": 16}})
     teacher = Seq2SeqTeacher.create(cfg, data)
     training = _Training(teacher, data, accelerator_on(device))
     teacher.module.eval()
@@ -310,11 +314,11 @@ def fusion_outputs(data: TeacherData, device: torch.device, root: Path) -> dict[
     write_item_embeddings(root / "item_text" / "lm", vectors, {"name": "lm"})
     data = replace(data, item_text=root / "item_text")
     windows = len(data.split.training_windows(20)[0])
-    cfg = TeacherParams.model_validate({
-        "family": "fusion", "train": {"epochs": 1, "batch_size": windows, "device": device.type},
+    cfg = validate_teacher({
+        "family": "fusion", "train": {"lr": 0.001, "epochs": 1, "batch_size": windows, "device": device.type},
         "export": {"top_k": 10, "batch_size": 64},
-        "fusion": {"embedding": "lm", "hidden": 32, "layers": 1, "heads": 2, "max_length": 20, "dropout": 0.0,
-                   "adaptor_experts": 2, "adaptor_dropout": 0.0}})
+        "model": {"embedding": "lm", "hidden": 32, "layers": 1, "heads": 2, "max_length": 20, "dropout": 0.0,
+                  "adaptor_experts": 2, "adaptor_dropout": 0.0}})
     teacher = teacher_class("fusion").create(cfg, data)
     tables = teacher.export(data, select_examples(data.split.examples, 2), cfg.export)
     state = teacher.fit(data, root / "ckpt", root / "live", "check")
@@ -388,11 +392,11 @@ def part_causal_7b(ctx: Context) -> dict[str, Any]:
     from distillrec.teachers.causal import CausalTeacher, _Task
 
     s, device, data = ctx.shapes, ctx.device, ctx.data
-    cfg = TeacherParams.model_validate({
-        "family": "causal", "finetune": "lora", "config": s.llama, "lora": LORA,
+    cfg = validate_teacher({
+        "family": "causal", "model": {"finetune": "lora", "config": s.llama, "lora": LORA, "max_history": s.max_history},
         "train": {"batch_size": s.causal_batch, "sample": s.causal_batch * s.causal_steps, "valid_examples": 8,
                   "lr": 1e-4, "device": device.type, "gradient_checkpointing": True},
-        "export": {"batch_size": s.scoring_batch}, "causal": {"max_history": s.max_history}})
+        "export": {"top_k": 20, "batch_size": s.scoring_batch}})
     (tokenizer, base), built = timed(lambda: build_llama(cfg, data, device), device)
     parameters = sum(p.numel() for p in base.parameters())
     log.info("causal_7b: %s parameters built in %.1f s (%s)", f"{parameters:,}", built, base.dtype)
@@ -452,7 +456,7 @@ def scoring_tokens(teacher: Any, data: TeacherData, examples: pl.DataFrame) -> i
     """Tokens the scoring export forwarded: one window per plan entry (`scoring.window_states`)."""
     split, pieces = data.split, teacher.prompt_pieces(data)
     plan = WindowPlan.of(examples["user_idx"].to_numpy(), examples["position"].to_numpy(),
-                         teacher.cfg.causal.max_history)
+                         teacher.cfg.model.max_history)
     return sum(len(pieces.history(split.items[split.offsets[u - 1] + a:split.offsets[u - 1] + b].tolist())[0])
                for u, a, b in zip(plan.users, plan.starts, plan.ends))
 
@@ -463,15 +467,15 @@ def part_pod_t5_small(ctx: Context) -> dict[str, Any]:
     from distillrec.teachers.seq2seq import Seq2SeqTeacher, _Training
 
     s, device, data = ctx.shapes, ctx.device, ctx.data
-    cfg = TeacherParams.model_validate({
-        "family": "seq2seq", "finetune": "full", "config": s.t5,
-        "train": {"batch_size": s.pod_batch, "sample": s.pod_batch * s.pod_steps, "valid_examples": s.pod_batch,
-                  "device": device.type},
+    cfg = validate_teacher({
+        "family": "seq2seq", "model": {"finetune": "full", "config": s.t5},
+        "train": {"lr": 0.001, "batch_size": s.pod_batch, "sample": s.pod_batch * s.pod_steps,
+                  "valid_examples": s.pod_batch, "device": device.type},
         "export": {"top_k": 20, "batch_size": s.pod_batch}})
     teacher = Seq2SeqTeacher.create(cfg, data)
     backbone = teacher.module.backbone
     # T5-small's 32,128-token vocabulary (the dataset's tokenizer uses fewer ids)
-    backbone.resize_token_embeddings(max(len(teacher.tokenizer), cfg.config.vocab_size), mean_resizing=False)
+    backbone.resize_token_embeddings(max(len(teacher.tokenizer), cfg.model.config.vocab_size), mean_resizing=False)
     parameters = sum(p.numel() for p in teacher.module.parameters())
     training = _Training(teacher, data, accelerator_on(device))
     seen = sum(len(examples) for examples in training.train.values())
@@ -509,7 +513,7 @@ def part_pod_t5_small(ctx: Context) -> dict[str, Any]:
 
 def part_embed_7b(ctx: Context) -> dict[str, Any]:
     s, device, data = ctx.shapes, ctx.device, ctx.data
-    cfg = TeacherParams.model_validate({"family": "causal", "config": s.llama, "train": {"device": device.type}})
+    cfg = validate_teacher({"family": "causal", "model": {"config": s.llama}, "train": {"device": device.type}})
     tokenizer, body = build_llama(cfg, data, device, lm=False)
     body.eval().requires_grad_(False)
     texts = catalogue_texts(data.split.item_map, ["title"])
