@@ -16,11 +16,14 @@ import pytest
 import yaml
 
 from distillrec.params import STUDENT_TRAINING, TEACHER_FAMILIES, TEACHER_SECTIONS, TrainParams
+from distillrec.teachers.registry import FAMILIES
 from tests.conftest import REPO
 
 SRC = REPO / "src"
-# modules loaded by name at run time (importlib): the package they are loaded from counts as imported
-DYNAMIC = {"distillrec.data.sources": "distillrec/data/sources"}
+# modules loaded by name at run time (importlib), by the module that loads them
+DYNAMIC = {"distillrec.data.sources": {f"distillrec.data.sources.{f.stem}"
+                                       for f in (SRC / "distillrec/data/sources").glob("*.py")},
+           "distillrec.teachers.registry": {module for module, _ in FAMILIES.values()}}
 
 
 def module_file(name: str) -> Path | None:
@@ -54,9 +57,7 @@ def imported_names(path: Path, package: str) -> set[str]:
             names.add(base)
             names |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
     me = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__") if SRC in path.parents else ""
-    for caller, folder in DYNAMIC.items():
-        if me == caller:
-            names |= {f"{caller}.{f.stem}" for f in (SRC / folder).glob("*.py")}
+    names |= DYNAMIC.get(me, set())
     return {n for n in names if n == "distillrec" or n.startswith("distillrec.")}
 
 

@@ -7,25 +7,23 @@ need, takes seconds to import; the id and fusion teachers never need it). The fa
 
 from __future__ import annotations
 
+import importlib
+
 from distillrec.errors import DataError
 from distillrec.teachers.base import Teacher
 
+FAMILIES: dict[str, tuple[str, str]] = {  # family -> (module, class)
+    "seq2seq": ("distillrec.teachers.seq2seq", "Seq2SeqTeacher"),
+    "causal": ("distillrec.teachers.causal", "CausalTeacher"),
+    "id": ("distillrec.teachers.idmodel", "IdTeacher"),
+    "text": ("distillrec.teachers.text", "TextTeacher"),
+    "fusion": ("distillrec.teachers.fusion", "FusionTeacher"),
+}
+
 
 def teacher_class(family: str) -> type[Teacher]:
-    """The family's class, imported lazily (transformers is slow to import)."""
-    if family == "seq2seq":
-        from distillrec.teachers.seq2seq import Seq2SeqTeacher
-        return Seq2SeqTeacher
-    if family == "causal":
-        from distillrec.teachers.causal import CausalTeacher
-        return CausalTeacher
-    if family == "id":
-        from distillrec.teachers.idmodel import IdTeacher
-        return IdTeacher
-    if family == "text":
-        from distillrec.teachers.text import TextTeacher
-        return TextTeacher
-    if family == "fusion":
-        from distillrec.teachers.fusion import FusionTeacher
-        return FusionTeacher
-    raise DataError(f"unknown teacher family {family!r}")
+    """The family's class, its module imported on first use."""
+    if family not in FAMILIES:
+        raise DataError(f"unknown teacher family {family!r}; expected one of {', '.join(FAMILIES)}")
+    module, name = FAMILIES[family]
+    return getattr(importlib.import_module(module), name)
