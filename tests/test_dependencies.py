@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distillrec.data.sources import SOURCES, Source
 from distillrec.params import STUDENT_TRAINING, TEACHER_FAMILIES, TEACHER_SECTIONS, TrainParams
 from distillrec.teachers.registry import FAMILIES
 from tests.conftest import REPO
 
 SRC = REPO / "src"
 # modules loaded by name at run time (importlib), by the module that loads them
-DYNAMIC = {"distillrec.data.sources": {f"distillrec.data.sources.{f.stem}"
-                                       for f in (SRC / "distillrec/data/sources").glob("*.py")},
+DYNAMIC = {"distillrec.data.sources": set(SOURCES.values()),
            "distillrec.teachers.registry": {module for module, _ in FAMILIES.values()}}
 
 
@@ -214,3 +214,12 @@ def test_a_cycle_is_found():
     graph["distillrec.teachers.base"] = graph["distillrec.teachers.base"] | {"distillrec.teachers.registry"}
     found = cycles(graph)
     assert len(found) == 1 and {"distillrec.teachers.base", "distillrec.teachers.registry"} <= set(found[0])
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_source_name_has_a_module_with_the_source_interface(name):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(SOURCES[name])
+    assert list(inspect.signature(module.load).parameters) == list(inspect.signature(Source.load).parameters)[1:]
