@@ -39,12 +39,12 @@ from distillrec.teachers import grounding
 from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
                                       load_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.bigrec import PromptPieces, pad, tokenizer_texts
+from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
 from distillrec.teachers.scoring import WindowPlan, window_states
 from distillrec.teachers.tokenizer import train_tokenizer
-from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
-from distillrec.train.parallel import even_shard
+from distillrec.train.loop import FitState, epoch_generator
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +203,8 @@ class CausalTeacher(Teacher):
     # ---- training -----------------------------------------------------------------------------------
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        from accelerate import Accelerator
-
-        cfg = self.cfg
-        accelerator = Accelerator(cpu=self.device.type == "cpu")
-        task = _Task(self, data, accelerator)
-        loop = Loop(task, LoopConfig(cfg.train.epochs, cfg.train.patience, "valid_loss", cfg.train.seed,
-                                     higher_is_better=False),
-                    checkpoint_dir, live_dir, run_id, is_main=accelerator.is_main_process)
-        state = loop.run()
+        state = fit_accelerated(lambda accelerator: _Task(self, data, accelerator), self.device, self.cfg.train,
+                                checkpoint_dir, live_dir, run_id)
         self.module.eval()
         return state
 
@@ -323,7 +316,7 @@ class CausalTeacher(Teacher):
                             info=info)
 
 
-class _Task:
+class _Task(AcceleratedTask):
     """The Loop's view of a causal teacher: batches of BIGRec prompts, both losses, validation loss."""
 
     def __init__(self, teacher: CausalTeacher, data: TeacherData, accelerator: Any):
@@ -331,7 +324,7 @@ class _Task:
         if cfg.train.gradient_checkpointing:
             _causal_lm(teacher.module.lm).activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False})
-        self.cfg, self.split, self.accelerator = cfg, data.split, accelerator
+        self.cfg, self.split = cfg, data.split
         self.pieces = teacher.prompt_pieces(data)
         self.device = accelerator.device
         train_users, train_positions, _ = data.split.targets("train")
@@ -345,9 +338,7 @@ class _Task:
                             f"{len(self.train[0])} and {len(self.valid[0])}")
         teacher.module.to(self.device)
         teacher.device = self.device
-        trainable = [p for p in teacher.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.module, self.optimizer = accelerator.prepare(teacher.module, optimizer)
+        super().__init__(teacher.module, cfg.train, accelerator)
 
     def _batch(self, users: np.ndarray, positions: np.ndarray, every_item: bool) -> tuple[dict[str, torch.Tensor],
                                                                                           int, int]:
@@ -384,15 +375,13 @@ class _Task:
         causal, train = self.cfg.model, self.cfg.train
         order = torch.randperm(len(self.train[0]), generator=epoch_generator(train.seed, epoch)).numpy()
         batches = [order[lo:lo + train.batch_size] for lo in range(0, len(order), train.batch_size)]
-        mine = even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
+        mine = self.shard(batches)
         total, count = 0.0, 0
         for idx in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
             inputs, tokens, states = self._batch(self.train[0][idx], self.train[1][idx], every_item=True)
-            lm, scoring = self.module(**inputs)
+            lm, scoring = self.wrapped(**inputs)
             loss = causal.lm_weight * lm / tokens + causal.scoring_weight * scoring / states
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            self.optimizer.step()
+            self.step(loss)
             total += loss.item() * len(idx)
             count += len(idx)
         return total / max(count, 1)

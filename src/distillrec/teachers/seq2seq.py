@@ -29,12 +29,12 @@ from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_p
                                       load_extras, resolve_dtype, save_backbone)
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
+from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
 from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, PromptInputs, TaskExamples, input_texts,
                                      item_word, pad_right, sequential_text, target_texts, template_texts, user_word)
 from distillrec.teachers.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, Step, beam_search
-from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
-from distillrec.train.parallel import even_shard
+from distillrec.train.loop import FitState, epoch_generator
 
 log = logging.getLogger(__name__)
 SCORE = "sum of token log-probabilities of the item id under constrained beam search; higher = better"
@@ -93,7 +93,7 @@ def _subset(examples: TaskExamples, n: int | None, seed: int) -> TaskExamples:
     return examples.subset(np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False)))
 
 
-class _Training:
+class _Training(AcceleratedTask):
     """The Loop's EpochTask: task-alternated batches (each batch one task), validation loss on bare inputs.
 
     Every training example of each task once per epoch (`train.sample` caps each task's examples).
@@ -101,7 +101,7 @@ class _Training:
 
     def __init__(self, teacher: Seq2SeqTeacher, data: TeacherData, accelerator: Accelerator):
         cfg = teacher.cfg
-        self.teacher, self.data, self.accelerator, self.cfg = teacher, data, accelerator, cfg
+        self.teacher, self.data, self.cfg = teacher, data, cfg
         self.train = {}
         for task in cfg.model.tasks:
             examples = _task_examples(data, task, "train")
@@ -112,10 +112,7 @@ class _Training:
         self.tasks = list(self.train)
         self.valid = {t: _subset(_task_examples(data, t, "valid"), cfg.train.valid_examples, cfg.train.seed)
                       for t in self.tasks}
-        self.module = teacher.module
-        trainable = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.wrapped, self.optimizer = accelerator.prepare(self.module, optimizer)
+        super().__init__(teacher.module, cfg.train, accelerator)
         log.info("training on %s examples", {t: len(e) for t, e in self.train.items()})
 
     def _batches(self, generator: torch.Generator) -> list[tuple[str, np.ndarray]]:
@@ -129,7 +126,7 @@ class _Training:
     def train_epoch(self, epoch: int) -> float:
         generator = epoch_generator(self.cfg.train.seed, epoch)
         batches = self._batches(generator)
-        mine = even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
+        mine = self.shard(batches)
         total, seen = 0.0, 0
         for task, index in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
             n_templates = len(TEMPLATES[task])
@@ -139,9 +136,7 @@ class _Training:
             with self.teacher.autocast():
                 loss = self.wrapped(inputs.input_ids, inputs.attention_mask, inputs.whole_word_ids, labels,
                                     self.teacher.task_index(task))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            self.optimizer.step()
+            self.step(loss)
             total += loss.item() * len(index)
             seen += len(index)
         return total / max(seen, 1)
@@ -253,14 +248,14 @@ class Seq2SeqTeacher(Teacher):
         return self.inputs(split, examples, index, templates).to(device), labels.to(device)
 
     def fit(self, data: TeacherData, checkpoint_dir: Path, live_dir: Path, run_id: str) -> FitState:
-        accelerator = Accelerator(cpu=self.device.type == "cpu")
         if self.cfg.train.gradient_checkpointing:
             self.module.backbone.activation_checkpointing_enable()
-        training = _Training(self, data, accelerator)
-        self.device = accelerator.device
-        loop_cfg = LoopConfig(self.cfg.train.epochs, self.cfg.train.patience, "valid_loss", self.cfg.train.seed,
-                              higher_is_better=False)
-        return Loop(training, loop_cfg, checkpoint_dir, live_dir, run_id, is_main=accelerator.is_main_process).run()
+
+        def task_on(accelerator: Accelerator) -> _Training:
+            self.device = accelerator.device
+            return _Training(self, data, accelerator)
+
+        return fit_accelerated(task_on, self.device, self.cfg.train, checkpoint_dir, live_dir, run_id)
 
     # -- export -----------------------------------------------------------------------------------
 
