@@ -24,6 +24,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "out" / "scale"
 CONFIGS = {
     "ce": {"objective": "ce"},
+    "ce-bucketed": {"objective": "ce", "batching": "bucketed"},
     "sampled_softmax-256": {"objective": "sampled_softmax", "negatives": 256},
     "sampled_softmax-256-popularity": {"objective": "sampled_softmax", "negatives": 256, "sampler": "popularity"},
     "gbce-256": {"objective": "gbce", "negatives": 256},
