@@ -223,3 +223,40 @@ def test_every_source_name_has_a_module_with_the_source_interface(name):
 
     module = importlib.import_module(SOURCES[name])
     assert list(inspect.signature(module.load).parameters) == list(inspect.signature(Source.load).parameters)[1:]
+
+
+# README "Architecture": lowest first; a package may import its own layer or lower ones
+LAYERS = [{"errors", "params", "io", "hf", "tokenizer", "stage"}, {"data"}, {"students", "embed"}, {"train"},
+          {"teachers"}, {"evaluate"}, {"distill"}]
+SERVING = {"cli": {"errors", "io", "students", "__main__"}}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else "errors"  # `distillrec` itself: a docstring and a version
+
+    level = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    bad = []
+    for module, imports in graph.items():
+        for target in imports:
+            a, b = package(module), package(target)
+            if a in SERVING or a == "__main__":
+                allowed = b in SERVING.get(a, set()) | {"cli", a}
+            else:
+                allowed = b in level and level[b] <= level[a]
+            if not allowed:
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+def test_every_package_imports_only_its_layer_or_lower():
+    graph = import_graph()
+    assert {m.split(".")[1] for m in graph if "." in m} <= set().union(*LAYERS, SERVING, {"__main__"})
+    assert layer_violations(graph) == []
+
+
+def test_a_layer_violation_is_found():
+    graph = import_graph()
+    graph["distillrec.students.sasrec"] = graph["distillrec.students.sasrec"] | {"distillrec.train.loop"}
+    assert layer_violations(graph) == ["distillrec.students.sasrec -> distillrec.train.loop"]

@@ -31,7 +31,7 @@ from distillrec.embed.store import (
 from distillrec.embed.text import ItemInputs, cut_texts, item_texts
 from distillrec.errors import DataError, ParamsError
 from distillrec.params import EmbedParams, Params, parse_params
-from distillrec.teachers.tokenizer import train_tokenizer
+from distillrec.tokenizer import train_tokenizer
 
 PROMPT = "Item: {text}. In one word:"
 ITEMS = [  # item_idx 1..9; items 4 and 8 have no text

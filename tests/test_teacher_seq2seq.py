@@ -11,7 +11,7 @@ from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 from distillrec.teachers.pod import IGNORE, Codec, TaskExamples, whole_word_ids
 from distillrec.teachers.seq2seq import Seq2SeqTeacher, _task_examples
-from distillrec.teachers.tokenizer import train_tokenizer
+from distillrec.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, beam_search
 
 

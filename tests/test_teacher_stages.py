@@ -58,7 +58,7 @@ def tiny_bert(folder, small_split) -> None:
 
     from distillrec.data.splitdata import SplitData
     from distillrec.teachers.itemtext import item_texts
-    from distillrec.teachers.tokenizer import train_tokenizer
+    from distillrec.tokenizer import train_tokenizer
 
     texts = item_texts(SplitData.load(small_split).item_map, ["title", "categories"])
     tokenizer = train_tokenizer(texts, 300, pad="[PAD]", eos="[SEP]", unk="[UNK]", bos="[CLS]")

@@ -18,7 +18,7 @@ from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import TeacherExport, select_examples, write_export
 from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, mean_pool
 from distillrec.teachers.text import TextTeacher, with_text_rows
-from distillrec.teachers.tokenizer import train_tokenizer
+from distillrec.tokenizer import train_tokenizer
 from distillrec.train.loop import epoch_generator
 from distillrec.train.objectives import Batch, cross_entropy, objective_of
 

@@ -9,7 +9,7 @@ BERT built from a config (offline stand-in), each as tokenizer + a body returnin
 * `package:<module>/<zip>`: weights shipped in an installed Python package, verified then unpacked
   (`packaged.py`); the offline default's all-MiniLM-L6-v2 comes this way.
 * null: `BertModel` of `config` (seeded random init) with a WordPiece tokenizer trained on the
-  catalogue's text (`teachers/tokenizer.py`): items that share words get similar vectors.
+  catalogue's text (`tokenizer.py`): items that share words get similar vectors.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _source(cfg: EmbedParams) -> tuple[str, dict[str, Any]]:
 def load_tokenizer(cfg: EmbedParams, texts: list[str]) -> Any:
     """The model's tokenizer, or (model null) a WordPiece tokenizer trained on the texts and the prompt."""
     if cfg.model is None:
-        from distillrec.teachers.tokenizer import train_tokenizer
+        from distillrec.tokenizer import train_tokenizer
 
         corpus = texts + ([cfg.prompt.replace("{text}", " ")] if cfg.prompt else [])
         return train_tokenizer(corpus, cfg.config.vocab_size, **BERT_SPECIALS)

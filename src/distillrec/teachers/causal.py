@@ -43,7 +43,7 @@ from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
 from distillrec.teachers.scoring import WindowPlan, window_states
-from distillrec.teachers.tokenizer import train_tokenizer
+from distillrec.tokenizer import train_tokenizer
 from distillrec.train.loop import FitState, epoch_generator
 
 log = logging.getLogger(__name__)

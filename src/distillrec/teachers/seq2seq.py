@@ -32,7 +32,7 @@ from distillrec.teachers.export import ExportTables, States, TopK
 from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
 from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, PromptInputs, TaskExamples, input_texts,
                                      item_word, pad_right, sequential_text, target_texts, template_texts, user_word)
-from distillrec.teachers.tokenizer import train_tokenizer
+from distillrec.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, Step, beam_search
 from distillrec.train.loop import FitState, epoch_generator
 

@@ -1,4 +1,5 @@
-"""A word-level tokenizer built from the dataset's own text, for teachers built from a config.
+"""A word-level tokenizer built from the dataset's own text, for models built from a config
+(the seq2seq and causal teachers, `embed_items` without a pretrained model).
 
 Digits are split one by one, so an id word like `item_345` becomes `item`, `_`, `3`, `4`, `5`:
 ids share sub-words as in POD (docs/methods.md §3.1) and the vocabulary stays small. The vocabulary
