@@ -146,3 +146,15 @@ def test_finished_run_rewrites_its_curves_when_dvc_deleted_them(tmp_path, small_
     losses = pl.read_csv(tmp_path / "live-m" / "plots" / "metrics" / "train" / "loss.tsv", separator="\t")
     assert losses.height == 3
     assert json.loads((tmp_path / "live-m" / "metrics.json").read_text())["step"] == 2
+
+
+def test_after_validation_sees_every_epochs_validation_metrics(tmp_path, small_split):
+    from distillrec.train.objectives import build_objective
+    from distillrec.train.run import Plan
+
+    seen = []
+    p = params(epochs=3, patience=3)
+    summary = train_student(p, small_split, tmp_path / "m", tmp_path / "ckpt", tmp_path / "live",
+                            plan=lambda _, data: Plan(build_objective(p.train, data), {}, seen.append))
+    history = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["state"]["history"]
+    assert summary["fit"]["epochs"] == 3 and [m["ndcg@10"] for m in seen] == [h["ndcg@10"] for h in history]

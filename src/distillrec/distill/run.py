@@ -16,16 +16,17 @@ from distillrec.distill.llm_init import init_item_table
 from distillrec.io import sha256_file
 from distillrec.params import Params, method_parts
 from distillrec.students import Student
-from distillrec.train.objectives import Objective, build_base, build_objective
-from distillrec.train.run import train_student
+from distillrec.train.objectives import build_base, build_objective
+from distillrec.train.run import Plan, train_student
 
 log = logging.getLogger(__name__)
 
 
-def method_objective(params: Params, method: str, data: SplitData, model: Student, teachers_root: Path,
-                     item_text_root: Path) -> tuple[Objective, dict[str, Any]]:
-    """The objective of `method` (e.g. `dllm2rec`, `llm_init`, `llm_init+dllm2rec`) and what identifies it
-    (params, teacher exports, item vectors). `llm_init` initialises the student's item table here."""
+def method_plan(params: Params, method: str, data: SplitData, model: Student, teachers_root: Path,
+                item_text_root: Path) -> Plan:
+    """The objective of `method` (e.g. `dllm2rec`, `llm_init`, `llm_init+dllm2rec`), what identifies it
+    (params, teacher exports, item vectors) and its gate, fed every validation. `llm_init` initialises
+    the student's item table here."""
     parts = [] if method == "none" else method_parts(method)
     identity: dict[str, Any] = {}
     if parts[:1] == ["llm_init"]:
@@ -35,7 +36,7 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
                                 "vectors": vectors_id(item_text_root, cfg.embedding)}
         parts = parts[1:]
     if not parts:
-        return build_objective(params.train, data), identity
+        return Plan(build_objective(params.train, data), identity)
     method = parts[0]
     from distillrec.distill import build_distill_objective
     from distillrec.evaluate.listed import listed_metrics
@@ -61,10 +62,10 @@ def method_objective(params: Params, method: str, data: SplitData, model: Studen
                                      for s in strength]
         log.info("PRM-KD teacher weights (validation NDCG@10): %s", dict(zip(names, kwargs["teacher_weights"])))
     objective = build_distill_objective(method, build_base(params.train, data), exports, data, model, **kwargs, **extra)
+    gate = teacher_gate(params, objective, valid) if params.distill.gate else None
     identity |= {"method": method, "params": getattr(params.distill, method).model_dump(mode="json"),
-                 "teachers": {e.name: e.content_id() for e in exports},
-                 "gate": teacher_gate(params, objective, valid) if params.distill.gate else None}
-    return objective, identity
+                 "teachers": {e.name: e.content_id() for e in exports}, "gate": gate}
+    return Plan(objective, identity, objective.observe if gate is not None else None)
 
 
 def item_vectors(root: Path, name: str | None, n_items: int) -> np.ndarray:
@@ -98,7 +99,7 @@ def distill_student(params: Params, processed: Path | str, out_dir: Path | str, 
                     ) -> dict[str, Any]:
     """`train_student` with the objective of `method` (the teachers' exports under `teachers_root`,
     the item vectors under `item_text_root`)."""
-    def objective(model: Student, data: SplitData) -> tuple[Objective, dict[str, Any]]:
-        return method_objective(params, method, data, model, Path(teachers_root), Path(item_text_root))
+    def plan(model: Student, data: SplitData) -> Plan:
+        return method_plan(params, method, data, model, Path(teachers_root), Path(item_text_root))
 
-    return train_student(params, processed, out_dir, checkpoint_dir, live_dir, seed, objective)
+    return train_student(params, processed, out_dir, checkpoint_dir, live_dir, seed, plan)

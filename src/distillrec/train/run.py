@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,8 +22,17 @@ from distillrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-# builds the objective of a run and what identifies it (checkpoint fingerprints, student.json)
-ObjectiveFactory = Callable[[Student, SplitData], tuple[Objective, dict[str, Any]]]
+@dataclass
+class Plan:
+    """What a run trains with: its objective, what identifies it (checkpoint fingerprints,
+    student.json) and what runs after each validation (a distillation gate)."""
+
+    objective: Objective
+    identity: dict[str, Any] = field(default_factory=dict)
+    after_validation: Callable[[dict[str, float]], None] | None = None
+
+
+PlanFactory = Callable[[Student, SplitData], Plan]  # builds a run's Plan for its model and split
 
 
 def served_parameters(model: Student) -> int:
@@ -32,10 +42,10 @@ def served_parameters(model: Student) -> int:
 
 
 def train_student(params: Params, processed: Path | str, out_dir: Path | str, checkpoint_dir: Path | str,
-                  live_dir: Path | str, seed: int | None = None, objective: ObjectiveFactory | None = None
+                  live_dir: Path | str, seed: int | None = None, plan: PlanFactory | None = None
                   ) -> dict[str, Any]:
-    """Fit `params.student` with `seed` (default: the first of train.seeds) and the objective that
-    `objective` builds (default: `train.objective`, no teacher) and save it; validation selects the epoch."""
+    """Fit `params.student` with `seed` (default: the first of train.seeds) and what `plan` builds
+    (default: `train.objective`, no teacher) and save it; validation selects the epoch."""
     seed = params.train.seeds[0] if seed is None else seed
     processed = Path(processed)
     if params.train.threads:
@@ -43,15 +53,16 @@ def train_student(params: Params, processed: Path | str, out_dir: Path | str, ch
     torch.manual_seed(seed)
     data = SplitData.load(processed)
     model = build_student(params.student, data.n_items)
-    objective, identity = (objective or (lambda _, split: (build_objective(params.train, split), {})))(model, data)
-    run_id = fingerprint(params.student, params.train, seed, sha256_file(processed / "sequences.parquet"), identity)
-    trainer = Trainer(model, data, params.student, params.train, objective, Path(checkpoint_dir), Path(live_dir),
-                      run_id, seed)
+    run = (plan or (lambda _, split: Plan(build_objective(params.train, split))))(model, data)
+    run_id = fingerprint(params.student, params.train, seed, sha256_file(processed / "sequences.parquet"),
+                         run.identity)
+    trainer = Trainer(model, data, params.student, params.train, run.objective, Path(checkpoint_dir), Path(live_dir),
+                      run_id, seed, after_validation=run.after_validation)
     state = trainer.fit()
     summary = {"student": params.student.model_dump(mode="json"), "n_items": data.n_items,
                "parameters": served_parameters(model),
                "train": params.train.model_dump(mode="json"), "fit": state.summary(),
-               "seed": seed, "threads": torch.get_num_threads(), "distill": identity,
+               "seed": seed, "threads": torch.get_num_threads(), "distill": run.identity,
                "processes": trainer.parallel.world}
     if not trainer.parallel.is_main:  # data-parallel workers hold the main process's weights
         return summary

@@ -5,6 +5,7 @@ The loop around it (selection, checkpoints, curves) is `train.loop`, shared with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,8 +44,10 @@ class Trainer:
     """Fits one student on a split with one objective; the objective owns the loss."""
 
     def __init__(self, model: Student, data: SplitData, student: StudentParams, train: TrainParams,
-                 objective: Objective, out_dir: Path, live_dir: Path, run_id: str, seed: int):
+                 objective: Objective, out_dir: Path, live_dir: Path, run_id: str, seed: int,
+                 after_validation: Callable[[dict[str, float]], None] | None = None):
         self.model, self.data, self.cfg, self.objective, self.seed = model, data, train, objective, seed
+        self.after_validation = after_validation  # e.g. a distillation gate, fed each epoch's metrics
         self.max_length = student.max_length
         self.device = resolve_device(train.device)
         # a distillation loss with its own parameters (projectors) is trained and checkpointed too
@@ -93,9 +96,8 @@ class Trainer:
             k = int(self.cfg.select_metric.split("@")[1])
             metrics = metrics_from_ranks(ranks, sorted({5, 10, 20, k}))
         metrics = self.parallel.from_main(metrics)
-        observe = getattr(self.objective, "observe", None)  # a distillation gate follows validation
-        if observe is not None:
-            observe(metrics)
+        if self.after_validation is not None:
+            self.after_validation(metrics)
         return metrics
 
     def fit(self) -> FitState:
