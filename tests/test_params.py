@@ -106,6 +106,20 @@ def test_teacher_defaults_are_the_default_runs_values():
         assert set(written) - set(defaults) <= {"model.embedding"}, name  # required: names an `embed` entry
 
 
+# what params.yaml fills in on purpose: the default run's named entries and the names that point at them
+NAMED = {"embed", "teachers", "imports", "distill.methods", "distill.teachers", "distill.dllm2rec.ed_table",
+         "distill.llm_init.embedding"}
+
+
+def test_every_other_default_is_the_default_runs_value():
+    """params.py and params.yaml agree on every setting outside the named entries."""
+    written = _flat({k: v for k, v in yaml.safe_load((REPO / "params.yaml").read_text()).items()})
+    defaults = _flat(Params().model_dump(mode="json"))
+    differ = {k: (v, defaults.get(k)) for k, v in written.items()
+              if not any(k == n or k.startswith(n + ".") for n in NAMED) and defaults.get(k) != v}
+    assert differ == {}, "params.yaml value vs params.py default"
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [

@@ -31,11 +31,11 @@ class SyntheticParams(Section):
     """Size and shape of the offline synthetic dataset."""
 
     seed: int = 0
-    n_users: int = Field(1000, ge=10)
-    n_items: int = Field(400, ge=10)
-    n_clusters: int = Field(8, ge=1, le=16)
-    min_length: int = Field(8, ge=3)
-    max_length: int = Field(40, ge=3)
+    n_users: int = Field(700, ge=10)
+    n_items: int = Field(1400, ge=10)
+    n_clusters: int = Field(16, ge=1, le=16)
+    min_length: int = Field(5, ge=3)
+    max_length: int = Field(20, ge=3)
     successors: int = Field(3, ge=1, description="Likely next items per item (sequential signal).")
     p_successor: float = Field(0.6, ge=0.0, le=1.0)
     p_cluster: float = Field(0.3, ge=0.0, le=1.0)
@@ -80,7 +80,7 @@ class SplitParams(Section):
     min_rating: float | None = Field(None, description="Drop interactions rated below this")
     drop_consecutive_duplicates: bool = False
     user_core: int = Field(5, ge=0, description="Iterative k-core: min interactions per user")
-    item_core: int = Field(5, ge=0, description="Iterative k-core: min interactions per item")
+    item_core: int = Field(0, ge=0, description="Iterative k-core: min interactions per item")
 
 
 class CaserParams(Section):
@@ -158,7 +158,7 @@ class TrainParams(ObjectiveFields):
     window_stride: int | None = Field(
         None, ge=1, description="Positions between training windows; null = student.max_length")
     epochs: int = Field(200, ge=1)
-    patience: int = Field(10, ge=1, description="Epochs without validation gain before stopping")
+    patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")
     select_metric: str = "ndcg@10"
     seeds: list[int] = Field([42], min_length=1, description="The DAG trains every student once per seed")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -666,7 +666,7 @@ class EvaluateParams(Section):
     compare_metric: str = Field("ndcg@10", description="Gain over the baseline and paired test use this")
     batch_size: int = Field(1024, ge=1)
     latency_batch_size: int = Field(1, ge=1, description="Users per call when timing inference")
-    latency_repeats: int = Field(200, ge=1, description="Timed calls for ms/user")
+    latency_repeats: int = Field(50, ge=1, description="Timed calls for ms/user")
     buckets: BucketParams = BucketParams()
 
     @model_validator(mode="after")
