@@ -33,13 +33,14 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from distillrec.errors import DataError
+from distillrec.hf import from_pretrained
 from distillrec.io import write_json
 from distillrec.params import CausalExportParams, CausalTeacherParams
 from distillrec.teachers import grounding
-from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
-                                      load_extras, resolve_dtype, save_backbone)
-from distillrec.teachers.bigrec import PromptPieces, pad, tokenizer_texts
 from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
+from distillrec.teachers.backbone import apply_finetune, load_backbone, resolve_dtype, save_backbone
+from distillrec.teachers.base import Teacher, device_of, load_extras
+from distillrec.teachers.bigrec import PromptPieces, pad, tokenizer_texts
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
 from distillrec.teachers.scoring import WindowPlan, window_states

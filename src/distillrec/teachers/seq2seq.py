@@ -24,16 +24,17 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import DataError
+from distillrec.hf import from_pretrained
 from distillrec.params import Seq2SeqExportParams, Seq2SeqTeacherParams
-from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
-                                      load_extras, resolve_dtype, save_backbone)
+from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
+from distillrec.teachers.backbone import apply_finetune, load_backbone, resolve_dtype, save_backbone
+from distillrec.teachers.base import Teacher, device_of, load_extras
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, States, TopK
-from distillrec.teachers.accelerated import AcceleratedTask, fit_accelerated
 from distillrec.teachers.pod import (IGNORE, TEMPLATES, WHOLE_WORDS, Codec, PromptInputs, TaskExamples, input_texts,
                                      item_word, pad_right, sequential_text, target_texts, template_texts, user_word)
-from distillrec.tokenizer import train_tokenizer
 from distillrec.teachers.trie import ItemTrie, Step, beam_search
+from distillrec.tokenizer import train_tokenizer
 from distillrec.train.loop import FitState, epoch_generator
 
 log = logging.getLogger(__name__)

@@ -37,13 +37,14 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from distillrec.errors import DataError
+from distillrec.hf import from_pretrained
 from distillrec.params import StudentParams, TeacherExportParams, TextModelParams, TextTeacherParams
-from distillrec.teachers.base import (Teacher, apply_finetune, device_of, from_pretrained, load_backbone,
-                                      read_extras, resolve_dtype, save_backbone)
+from distillrec.teachers.backbone import apply_finetune, load_backbone, resolve_dtype, save_backbone
+from distillrec.teachers.base import Teacher, device_of, read_extras
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables
-from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, weights_key
+from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.train.loop import FitState
 from distillrec.train.objectives import Batch, Objective, build_objective
 from distillrec.train.trainer import Trainer
