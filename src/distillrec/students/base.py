@@ -98,12 +98,14 @@ class Student(nn.Module, ABC):
     def item_embeddings(self) -> torch.Tensor:
         """Output item table [n_items + 1, d] (row 0 = padding) that `score` multiplies with."""
 
-    def score(self, states: torch.Tensor) -> torch.Tensor:
-        """Logits over all items [..., n_items + 1]; column 0 (padding) is the dtype's minimum."""
-        logits = states @ self.item_embeddings().T
-        logits[..., 0] = torch.finfo(logits.dtype).min  # in place: the matmul's backward needs no output
+    def score(self, states: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Logits [..., stop - start] of items start..stop-1 (default: all, [..., n_items + 1]); column 0
+        (padding) is the dtype's minimum. Ranking scores a large catalogue a slice at a time."""
+        logits = states @ self.item_embeddings()[start:stop].T
+        if start == 0:
+            logits[..., 0] = torch.finfo(logits.dtype).min  # in place: the matmul's backward needs no output
         if self.training and self.unseen is not None:
-            logits = logits.masked_fill(self.unseen, torch.finfo(logits.dtype).min)
+            logits = logits.masked_fill(self.unseen[start:stop], torch.finfo(logits.dtype).min)
         return logits
 
     def training_pair(

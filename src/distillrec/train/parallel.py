@@ -12,6 +12,8 @@ DistributedDataParallel's forward hooks.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -26,10 +28,12 @@ class DataParallel:
     """This process's rank among `world` (1 when not launched by torchrun/accelerate)."""
 
     def __init__(self, device: torch.device):
-        from accelerate import PartialState
+        self.world, self.rank, self.is_main = 1, 0, True
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
+            from accelerate import PartialState  # a quarter second to import: only when launched so
 
-        state = PartialState(cpu=device.type == "cpu")
-        self.world, self.rank, self.is_main = state.num_processes, state.process_index, state.is_main_process
+            state = PartialState(cpu=device.type == "cpu")
+            self.world, self.rank, self.is_main = state.num_processes, state.process_index, state.is_main_process
 
     def shard(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         return even_shard(batches, self.world, self.rank)
@@ -58,8 +62,8 @@ class DataParallel:
         """Fails if the processes' weights differ (a gradient that was not averaged, a skipped step)."""
         if self.world == 1:
             return
-        mine = torch.stack([torch.cat([p.detach().double().flatten() for p in parameters]).sum(),
-                            torch.cat([p.detach().double().flatten() for p in parameters]).abs().sum()])
+        flat = torch.cat([p.detach().double().flatten() for p in parameters])
+        mine = torch.stack([flat.sum(), flat.abs().sum()])
         every = [torch.zeros_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine)
         if not all(torch.allclose(other, every[0], rtol=1e-9, atol=0) for other in every):

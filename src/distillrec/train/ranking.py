@@ -37,13 +37,7 @@ class Scorer:
 
 
 def student_scorer(model: Student) -> Scorer:
-    def scores(states: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        out = states @ model.item_embeddings()[start:stop].T
-        if start == 0:
-            out[:, 0] = torch.finfo(out.dtype).min
-        return out
-
-    return Scorer(model.user_states, scores, model.n_items)
+    return Scorer(model.user_states, model.score, model.n_items)
 
 
 def table_scorer(table: torch.Tensor) -> Scorer:
