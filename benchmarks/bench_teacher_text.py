@@ -103,7 +103,7 @@ def run_one(job: dict) -> dict:
     examples = select_examples(data.split.examples, cfg.export.train_positions)
     started = time.perf_counter()
     with torch.no_grad():
-        tables = teacher.export(data, examples, cfg.export)
+        tables = teacher.export(data, examples, cfg.export).gathered()
     export_wall = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
         write_export(folder, tables, data.split.examples, data.n_items, {"name": name})

@@ -320,7 +320,7 @@ def fusion_outputs(data: TeacherData, device: torch.device, root: Path) -> dict[
         "model": {"embedding": "lm", "hidden": 32, "layers": 1, "heads": 2, "max_length": 20, "dropout": 0.0,
                   "adaptor_experts": 2, "adaptor_dropout": 0.0}})
     teacher = teacher_class("fusion").create(cfg, data)
-    tables = teacher.export(data, select_examples(data.split.examples, 2), cfg.export)
+    tables = teacher.export(data, select_examples(data.split.examples, 2), cfg.export).gathered()
     state = teacher.fit(data, root / "ckpt", root / "live", "check")
     return {"export_top_scores": tables.topk.scores, "export_states": tables.states.states,
             "item_table": tables.item_embeddings, "top_items": tables.topk.items,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -108,6 +109,34 @@ def test_lookup_finds_the_row_of_each_batch_key(data, teachers, name):
     assert lookup.covered == {"with": len(data.targets("train")[0]), "without": 0}
 
 
+def _mapping_of(tensor: torch.Tensor) -> str:
+    """The /proc/self/maps line of the memory that holds this tensor's data."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        start, end = (int(a, 16) for a in line.split()[0].split("-"))
+        if start <= address < end:
+            return line
+    raise AssertionError("no mapping holds the tensor")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see mappings")
+def test_lookup_tables_are_file_backed_and_gather_what_the_export_holds(data, teachers):
+    lookup = TeacherLookup(teachers["full"], data)
+    for table in (lookup.items, lookup.scores, lookup.states):
+        assert "(deleted)" in _mapping_of(table)   # an unlinked temporary file, paged by the OS: not heap
+    export = teachers["full"].topk("train")
+    users, positions = torch.as_tensor(export.users), torch.as_tensor(export.positions)
+    rows = lookup.topk_rows(users, positions)
+    items, scores = lookup.topk(rows, 3)
+    assert items.dtype == torch.long and torch.equal(items, torch.as_tensor(export.items[:, :3]))
+    assert torch.equal(scores, torch.as_tensor(export.scores[:, :3]))
+    states = teachers["full"].states()
+    train = np.isin(states.users * 1000 + states.positions, export.users * 1000 + export.positions)
+    vectors = lookup.state_vectors(lookup.state_rows(torch.as_tensor(states.users[train]),
+                                                     torch.as_tensor(states.positions[train])))
+    assert torch.equal(vectors, torch.as_tensor(states.states[train]))
+
+
 def test_lookup_indexes_training_rows_only_and_counts_coverage(data, teachers):
     lookup = TeacherLookup(teachers["last"], data)
     assert lookup.covered == {"with": data.n_users, "without": len(data.targets("train")[0]) - data.n_users}
@@ -134,8 +163,8 @@ def _corrupt(tmp_path, teachers, edit) -> TeacherExport:
                               .alias("position")), "not examples of the split"),
     (lambda t: t.with_columns(pl.when(pl.col("user_idx") == 3).then(pl.col("position") + 1)
                               .otherwise(pl.col("position")).alias("position")), "training example but the split"),
-    (lambda t: t.with_columns(pl.when(pl.col("user_idx") == 3).then(999).otherwise(pl.col("item_idx"))
-                              .alias("item_idx")), "item ids must be in"),
+    (lambda t: t.with_columns(pl.when(pl.col("user_idx") == 3).then(pl.col("items") * 0 + 999)
+                              .otherwise(pl.col("items")).alias("items")), "item ids must be in"),
 ])
 def test_lookup_refuses_keys_that_do_not_match_the_split(tmp_path, data, teachers, edit, message):
     export = _corrupt(tmp_path, teachers, edit)

@@ -63,12 +63,12 @@ def test_fusion_teacher_trains_exports_and_reloads(cold, tmp_path):
     (tmp_path / "model").mkdir()
     teacher.save(tmp_path / "model")
     examples = select_examples(data.split.examples, 2)
-    tables = teacher.export(data, examples, cfg.export)
+    tables = teacher.export(data, examples, cfg.export).gathered()
     assert tables.topk.items.shape == (examples.height, 10) and tables.topk.items.min() >= 1
     assert (np.exp(tables.topk.scores).sum(axis=1) <= 1 + 1e-5).all()   # log-softmax over the catalogue
     assert tables.item_embeddings.shape == (data.n_items, 32) and tables.states.states.shape == (examples.height, 32)
     assert tables.info["family"] == "fusion" and tables.info["ids"] is True
-    again = teacher_class("fusion").load(tmp_path / "model", cfg).export(data, examples, cfg.export)
+    again = teacher_class("fusion").load(tmp_path / "model", cfg).export(data, examples, cfg.export).gathered()
     np.testing.assert_array_equal(again.topk.items, tables.topk.items)
     np.testing.assert_allclose(again.topk.scores, tables.topk.scores, rtol=1e-6)
     info = {"parameters": 1, "trainable_parameters": 1, "size_mb": 0.1, "train_seconds": 1.0,

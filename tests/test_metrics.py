@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distillrec.train.metrics import metric_per_example, metrics_from_ranks, target_ranks
-from distillrec.train.ranking import Scorer, chunked_ranks
+from distillrec.train.ranking import Scorer, chunked_ranks, chunked_topk
 
 MIN = torch.finfo(torch.float32).min
 
@@ -68,3 +68,15 @@ def test_ranking_a_slice_at_a_time_equals_ranking_all_at_once(chunk):
     assert expected[3] == 20
     assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, (row, item), chunk), expected)
     assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, None, chunk), target_ranks(scores, targets))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 100])
+def test_log_softmax_top_k_a_slice_at_a_time_equals_the_whole_catalogue(chunk):
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(30, 41, generator=g) * 3     # distinct scores: one right order
+    scorer = Scorer(lambda history: scores, lambda every, start, stop: every[:, start:stop], 40)
+    items, top, total = chunked_topk(scorer, scorer.encode(None), 5, chunk)
+    whole = torch.log_softmax(scores[:, 1:], dim=1).topk(5, dim=1)   # padding (item 0) never listed
+    assert torch.equal(items, whole.indices + 1)
+    assert torch.allclose(top - total[:, None], whole.values, atol=1e-5)
+    assert torch.equal(scores, torch.randn(30, 41, generator=g.manual_seed(1)) * 3)   # nothing written to it

@@ -384,3 +384,4 @@ def test_training_refuses_a_checkpoint_folder_another_run_is_writing(tmp_path, s
     (ckpt / LOCK).unlink()
     train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live")
     assert not (ckpt / LOCK).exists() and (ckpt / "checkpoint.pt").is_file()
+

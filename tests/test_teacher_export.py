@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from distillrec.data.splitdata import SplitData
@@ -13,7 +14,8 @@ from distillrec.evaluate.listed import listed_ranks
 from distillrec.evaluate.report import markdown_table
 from distillrec.evaluate.text_metrics import bleu, explanation_metrics, rouge_f1
 from distillrec.params import EvaluateParams
-from distillrec.teachers.export import (ExportTables, States, TeacherExport, TopK, select_examples,
+from distillrec.teachers import export as export_module
+from distillrec.teachers.export import (ExportTables, Rows, States, TeacherExport, TopK, select_examples,
                                         write_export)
 
 INFO = {"parameters": 10, "trainable_parameters": 5, "size_mb": 0.1, "train_seconds": 1.0,
@@ -68,8 +70,9 @@ def test_export_round_trip_keeps_keys_splits_and_vectors(tmp_path, data):
     assert np.allclose(export.item_embeddings(), emb)
     assert export.states().states.shape == (len(topk.users), 3)
     table = pl.read_parquet(tmp_path / "t" / "topk.parquet")
-    assert table.columns == ["user_idx", "position", "split", "rank", "item_idx", "score"]
-    assert table.select("user_idx", "position", "rank").is_duplicated().sum() == 0
+    assert table.columns == ["user_idx", "position", "split", "items", "scores"]
+    assert table.schema["items"] == pl.Array(pl.Int32, 5) and table.schema["scores"] == pl.Array(pl.Float32, 5)
+    assert table.select("user_idx", "position").is_duplicated().sum() == 0
     assert table.join(data.examples, on=["user_idx", "position"], how="anti").height == 0
     assert export.explanations()["split"].to_list() == ["test"] * 4
 
@@ -89,6 +92,51 @@ def test_bad_exports_are_refused_and_leave_no_folder(tmp_path, data, corrupt, me
     with pytest.raises(DataError, match=message):
         write_export(tmp_path / "t", ExportTables(topk), data.examples, data.n_items, INFO)
     assert not (tmp_path / "t").exists()
+
+
+def chunked(topk: TopK, states: States | None, size: int):
+    """The same rows as a generator of chunks, as a streaming teacher yields them."""
+    for start in range(0, len(topk.users), size):
+        part = slice(start, start + size)
+        yield Rows(TopK(topk.users[part], topk.positions[part], topk.items[part], topk.scores[part]),
+                   None if states is None else States(states.users[part], states.positions[part], states.states[part]))
+
+
+def test_a_streamed_export_writes_row_groups_and_reads_back_what_a_whole_one_does(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(export_module, "ROW_GROUP", 16)
+    examples = select_examples(data.examples, "all")
+    topk = oracle_topk(data, examples, 4)
+    states = States(topk.users, topk.positions, np.arange(len(topk.users) * 2, dtype=np.float32).reshape(-1, 2))
+    whole = write_export(tmp_path / "whole", ExportTables(topk, None, states), data.examples, data.n_items, INFO)
+    streamed = write_export(tmp_path / "streamed", ExportTables(chunks=chunked(topk, states, 5)), data.examples,
+                            data.n_items, INFO)
+    assert whole["counts"] == streamed["counts"] and streamed["state_dim"] == 2
+    assert pq.ParquetFile(tmp_path / "streamed" / "topk.parquet").num_row_groups == -(-len(topk.users) // 16)
+    one, other = TeacherExport(tmp_path / "whole"), TeacherExport(tmp_path / "streamed")
+    for split in ("train", "test", None):
+        a, b = one.topk(split), other.topk(split)
+        assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("users", "positions", "items", "scores"))
+    assert np.array_equal(one.states().states, other.states().states)
+    assert sum(len(c.users) for c in other.iter_topk()) == len(topk.users)
+    assert max(len(c.users) for c in other.iter_topk()) == 16   # read back a row group at a time
+
+
+def test_a_key_repeated_in_a_later_chunk_is_refused(tmp_path, data):
+    topk = oracle_topk(data, select_examples(data.examples, 1), 3)
+    first = Rows(TopK(topk.users[:4], topk.positions[:4], topk.items[:4], topk.scores[:4]))
+    again = Rows(TopK(topk.users[2:3], topk.positions[2:3], topk.items[2:3], topk.scores[2:3]))
+    with pytest.raises(DataError, match=rf"duplicate key .*\({topk.users[2]}, {topk.positions[2]}\)"):
+        write_export(tmp_path / "t", ExportTables(chunks=iter([first, again])), data.examples, data.n_items, INFO)
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_export_in_the_old_long_layout_is_refused_with_a_clear_error(tmp_path, data):
+    write_export(tmp_path / "t", ExportTables(oracle_topk(data, select_examples(data.examples, 1), 3)),
+                 data.examples, data.n_items, INFO)
+    pl.DataFrame({"user_idx": [1], "position": [1], "split": ["train"], "rank": [1], "item_idx": [2],
+                  "score": [0.0]}).write_parquet(tmp_path / "t" / "topk.parquet")
+    with pytest.raises(DataError, match="not the list layout .* re-run export_teacher"):
+        TeacherExport(tmp_path / "t").topk()
 
 
 def test_wrong_embedding_shape_is_refused(tmp_path, data):

@@ -31,7 +31,7 @@ def test_id_teacher_trains_exports_and_beats_popularity(trained, small_split, tm
     teacher, data, root, state = trained
     assert state.best_epoch >= 1 and state.history[-1]["loss"] < state.history[0]["loss"]
     examples = select_examples(data.split.examples, 2)
-    tables = teacher.export(data, examples, config().export)
+    tables = teacher.export(data, examples, config().export).gathered()
     assert tables.topk.items.shape == (examples.height, 10)
     assert (np.exp(tables.topk.scores).sum(axis=1) <= 1 + 1e-5).all()  # log-softmax over the catalogue
     assert tables.item_embeddings.shape == (data.n_items, 32) and tables.states.states.shape == (examples.height, 32)
@@ -49,7 +49,7 @@ def test_id_teacher_trains_exports_and_beats_popularity(trained, small_split, tm
 def test_saved_id_teacher_reloads_to_identical_export(trained):
     teacher, data, root, _ = trained
     examples = select_examples(data.split.examples, 1).head(50)
-    before = teacher.export(data, examples, config().export)
-    after = teacher_class("id").load(root, config()).export(data, examples, config().export)
+    before = teacher.export(data, examples, config().export).gathered()
+    after = teacher_class("id").load(root, config()).export(data, examples, config().export).gathered()
     assert np.array_equal(before.topk.items, after.topk.items)
     assert np.allclose(before.topk.scores, after.topk.scores)

@@ -87,7 +87,7 @@ def test_lora_teacher_trains_and_exports(trained, data, tmp_path):
     assert {n for n, p in encoder_params.items() if p.requires_grad} == {n for n in encoder_params if "lora_" in n}
     assert (folder / "adapter").is_dir() and not (folder / "backbone").exists()
     examples = select_examples(data.split.examples, 2)
-    tables = teacher.export(data, examples, teacher.cfg.export)
+    tables = teacher.export(data, examples, teacher.cfg.export).gathered()
     assert tables.topk.items.shape == (examples.height, 10) and tables.topk.items.min() >= 1
     assert (np.exp(tables.topk.scores).sum(axis=1) <= 1 + 1e-5).all()   # log-softmax over the catalogue
     assert tables.item_embeddings.shape == (data.n_items, 32) and tables.states.states.shape == (examples.height, 32)
@@ -133,13 +133,13 @@ def test_frozen_encoder_is_encoded_once(data, encoder, tmp_path):
     weights = {n: p.detach().clone() for n, p in teacher.encoder.encoder.named_parameters()}
     teacher.fit(data, tmp_path / "ckpt", tmp_path / "live", "run")
     examples = select_examples(data.split.examples, 1).head(40)
-    tables = teacher.export(data, examples, cfg.export)
+    tables = teacher.export(data, examples, cfg.export).gathered()
     assert teacher.encoder.passes == 1
     assert all(torch.equal(p, weights[n]) and not p.requires_grad
                for n, p in teacher.encoder.encoder.named_parameters())
     teacher.save(tmp_path / "model")
     assert not (tmp_path / "model" / "adapter").exists() and not (tmp_path / "model" / "backbone").exists()
-    again = TextTeacher.load(tmp_path / "model", cfg).export(data, examples, cfg.export)
+    again = TextTeacher.load(tmp_path / "model", cfg).export(data, examples, cfg.export).gathered()
     assert np.array_equal(tables.topk.items, again.topk.items)
     assert np.allclose(tables.topk.scores, again.topk.scores, atol=1e-5)
 
@@ -173,8 +173,8 @@ def test_saved_teacher_reloads_to_identical_export(trained, data):
     teacher, folder, _, _ = trained
     cfg = teacher.cfg
     examples = select_examples(data.split.examples, 1).head(50)
-    before = teacher.export(data, examples, cfg.export)
-    after = teacher_class("text").load(folder, cfg).export(data, examples, cfg.export)
+    before = teacher.export(data, examples, cfg.export).gathered()
+    after = teacher_class("text").load(folder, cfg).export(data, examples, cfg.export).gathered()
     assert np.array_equal(before.topk.items, after.topk.items)
     assert np.allclose(before.topk.scores, after.topk.scores, atol=1e-5)
     assert np.allclose(before.item_embeddings, after.item_embeddings, atol=1e-5)

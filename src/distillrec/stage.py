@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
 import sys
@@ -12,6 +14,24 @@ from distillrec.io import setup_logging
 from distillrec.params import load_params
 
 log = logging.getLogger("distillrec.stage")
+M_MMAP_THRESHOLD = -3        # glibc's mallopt parameter
+LARGE_BLOCK = 4 << 20        # bytes: blocks at least this large get their own mapping
+
+
+def keep_large_blocks_mapped() -> bool:
+    """Fixes glibc's mmap threshold (which otherwise rises to 32 MiB after the first large free).
+
+    With the rising threshold, the [batch, N] score tensors of ranking and export come from the
+    heap, and the small long-lived blocks allocated between them keep the freed space from being
+    returned: a stage's memory then grows with its run (a 67k-row teacher export at 8k items: 1.1 GB
+    peak without this, 0.7 GB with it). Mapped blocks go back to the OS when freed. Returns whether it was
+    set (False without glibc).
+    """
+    name = ctypes.util.find_library("c")
+    if not (sys.platform.startswith("linux") and name):
+        return False
+    libc = ctypes.CDLL(name)
+    return hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK) == 1
 
 
 def stage(body: Callable[..., object]) -> Callable[[], None]:
@@ -23,6 +43,7 @@ def stage(body: Callable[..., object]) -> Callable[[], None]:
     @functools.wraps(body)
     def main() -> None:
         setup_logging()
+        keep_large_blocks_mapped()
         try:
             body(load_params(), *sys.argv[1:])
         except DistillrecError as exc:

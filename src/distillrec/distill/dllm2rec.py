@@ -167,7 +167,7 @@ class DLLM2Rec(DistillObjective):
         rows = self.lookup.topk_rows(sup.users, sup.positions)
         covered = rows >= 0
         rows = rows[covered]
-        candidates = self.lookup.items[rows, : self.top_k]
+        candidates, teacher_scores = self.lookup.topk(rows, self.top_k)
         states, targets = sup.states[covered], sup.targets[covered]
         table = model.item_embeddings()
         pos_logits = torch.einsum("md,mkd->mk", states, table[candidates])
@@ -179,7 +179,7 @@ class DLLM2Rec(DistillObjective):
             consistency = student_consistency(candidates, logits.topk(self.top_k, dim=-1).indices)
             weights = importance_weights(
                 position_weights(self.top_k, self.position_temperature, states.device).expand_as(pos_logits),
-                confidence_weights(self.lookup.scores[rows, : self.top_k], self.confidence_temperature),
+                confidence_weights(teacher_scores, self.confidence_temperature),
                 consistency, self.gammas)
         values = ranking_distillation(pos_logits, neg_logits, weights)
         overlap = consistency.sum(-1).mean().item() if len(rows) else 0.0

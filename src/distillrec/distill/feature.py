@@ -85,7 +85,7 @@ class FeatureDistill(DistillObjective):
     def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         rows = self.lookup.state_rows(sup.users, sup.positions)
         covered = rows >= 0
-        teacher = (self.lookup.states[rows[covered]] - self.mean) / self.std
+        teacher = (self.lookup.state_vectors(rows[covered]) - self.mean) / self.std
         values = torch.zeros(int(covered.sum()), device=teacher.device)
         logs = {}
         for block, projector in zip(self.blocks, self.projectors):

@@ -66,7 +66,7 @@ class LogitKD(DistillObjective):
                         lookup.folder, lookup.k, self.top_k, top_k)
         self.floor_margin, self.residual = floor_margin, full_catalogue and floor == "residual"
         if self.residual:
-            mass = lookup.scores.exp().sum(-1).max().item() if len(lookup.scores) else 0.0
+            mass = max((block.exp().sum(-1).max().item() for block in lookup.scores.split(1 << 16)), default=0.0)
             if mass > 1 + 1e-3:
                 raise DataError(f"teacher export {lookup.folder}: its scores are not log-probabilities "
                                 f"(a row's exp(score) sums to {mass:.3g} > 1); logit_kd.floor 'residual' "
@@ -76,7 +76,7 @@ class LogitKD(DistillObjective):
         rows = self.lookup.topk_rows(sup.users, sup.positions)
         covered = rows >= 0
         rows = rows[covered]
-        items, scores = self.lookup.items[rows, : self.top_k], self.lookup.scores[rows, : self.top_k]
+        items, scores = self.lookup.topk(rows, self.top_k)
         states = sup.states[covered]
         if self.full_catalogue:
             logits = sup.logits[covered] if sup.logits is not None else model.score(states)

@@ -11,62 +11,77 @@ Only TRAINING examples are indexed: a student never distils a teacher's valid/te
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import numpy as np
-import polars as pl
 import torch
 
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import DataError
 from distillrec.teachers.export import TeacherExport
+from distillrec.teachers.keys import SPLIT_CODES, ExampleKeys, claim
 
 log = logging.getLogger(__name__)
 
-SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
-
-def _split_codes(data: SplitData) -> np.ndarray:
-    """Dense int8 [total interactions]: the split of the example at each flat index, -1 = none."""
-    examples = data.examples
-    codes = np.full(len(data.items), -1, np.int8)
-    users = examples["user_idx"].to_numpy().astype(np.int64)
-    flat = data.flat(users, examples["position"].to_numpy())
-    codes[flat] = examples["split"].cast(pl.Utf8).replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
-    return codes
+def mapped(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zero-filled array backed by an anonymous temporary file (in $TMPDIR, deleted on close):
+    the OS pages it in and out, so a teacher table larger than memory costs disk, not RSS."""
+    if not np.prod(shape):
+        return np.zeros(shape, dtype)
+    return np.memmap(tempfile.TemporaryFile(prefix="distillrec-teacher-"), dtype=dtype, mode="w+", shape=shape)
 
 
 class TeacherLookup:
     """One teacher export, checked against the split and indexed by (user_idx, position).
 
-    items/scores [E, K] (best first, higher = better), states [S, D] or None and
-    item_embeddings [N + 1, D] (row 0 = padding, zeros) or None are tensors; `topk_rows` and
-    `state_rows` map batch keys to their rows. `covered` counts the training examples with and
-    without a top-K row (examples without one are trained without the teacher term).
+    The top-K lists (items int32 / scores float32 [E, K], best first, higher = better) and the
+    sequence states [S, D] are streamed from the export into memory-mapped arrays, training rows
+    only: resident memory does not grow with the export. `topk(rows, k)` and `state_vectors(rows)`
+    gather a batch's rows and move them to the batch's device; `topk_rows`/`state_rows` map batch
+    keys to rows. item_embeddings [N + 1, D] (row 0 = padding, zeros) is small and a tensor.
+    `covered` counts the training examples with and without a top-K row (examples without one are
+    trained without the teacher term).
     """
 
     def __init__(self, export: TeacherExport, data: SplitData):
         self.folder, self.name, self.n_items = export.folder, export.name, data.n_items
-        self._offsets = torch.as_tensor(data.offsets[:-1])
-        self._lengths = torch.as_tensor(data.lengths)
-        codes = _split_codes(data)
-
-        topk = export.topk("train")
-        flat = self._flat(data, topk.users, topk.positions, "top-K", codes)
-        if topk.items.size and (topk.items.min() < 1 or topk.items.max() > data.n_items):
-            raise DataError(f"teacher export {self.folder}: top-K item ids must be in 1..{data.n_items}, "
-                            f"found {topk.items.min()}..{topk.items.max()} (exported for another catalogue?)")
-        self.items = torch.tensor(topk.items, dtype=torch.long)
-        self.scores = torch.tensor(topk.scores, dtype=torch.float32)
-        self._topk_index = self._dense(flat, len(codes))
+        keys = ExampleKeys(data.examples, data.n_users)
+        self._offsets, self._lengths = torch.as_tensor(keys.offsets[:-1]), torch.as_tensor(keys.lengths)
+        where = f"teacher export {self.folder}"
+        train_rows = int(export.info.get("counts", {}).get("topk_examples", {}).get("train", 0))
+        k = int(export.info["top_k"])
+        items, scores = mapped((train_rows, k), np.int32), mapped((train_rows, k), np.float32)
+        index = np.full(keys.size, -1, np.int32)
+        filled = 0
+        for chunk in export.iter_topk("train"):
+            slots = self._training(keys, chunk.users, chunk.positions, f"{where}: top-K")
+            claim(index, slots, filled, chunk.users, chunk.positions, f"{where}: top-K")
+            if filled + len(slots) > train_rows:
+                raise DataError(f"{where}: topk.parquet holds more training rows than teacher.json counts "
+                                f"({train_rows}); the folder was changed after export")
+            if chunk.items.size and (chunk.items.min() < 1 or chunk.items.max() > data.n_items):
+                raise DataError(f"{where}: top-K item ids must be in 1..{data.n_items}, found "
+                                f"{chunk.items.min()}..{chunk.items.max()} (exported for another catalogue?)")
+            items[filled:filled + len(slots)], scores[filled:filled + len(slots)] = chunk.items, chunk.scores
+            filled += len(slots)
+        self.items, self.scores = torch.from_numpy(items[:filled]), torch.from_numpy(scores[:filled])
+        self._topk_index = torch.from_numpy(index)
 
         self.states: torch.Tensor | None = None
         self._state_index: torch.Tensor | None = None
-        states = export.states()
-        if states is not None:
-            flat = self._flat(data, states.users, states.positions, "sequence states", codes, train_only=False)
-            train = codes[flat] == SPLIT_CODES["train"]
-            self.states = torch.tensor(states.states[train], dtype=torch.float32)
-            self._state_index = self._dense(flat[train], len(codes))
+        if "state_dim" in export.info:
+            states = mapped((int(export.info["counts"]["states"]), int(export.info["state_dim"])), np.float32)
+            index = np.full(keys.size, -1, np.int32)
+            filled = 0
+            for chunk in export.iter_states():
+                slots = keys.locate(chunk.users, chunk.positions, f"{where}: sequence states")
+                train = keys.split_codes(slots) == SPLIT_CODES["train"]
+                claim(index, slots[train], filled, chunk.users[train], chunk.positions[train],
+                      f"{where}: sequence states")
+                states[filled:filled + int(train.sum())] = chunk.states[train]
+                filled += int(train.sum())
+            self.states, self._state_index = torch.from_numpy(states[:filled]), torch.from_numpy(index)
 
         self.item_embeddings: torch.Tensor | None = None
         table = export.item_embeddings()
@@ -76,7 +91,7 @@ class TeacherLookup:
                                 f"expected [{data.n_items}, D] (row i-1 = item i)")
             self.item_embeddings = torch.cat([torch.zeros(1, table.shape[1]), torch.tensor(table, dtype=torch.float32)])
 
-        n_train = int((codes == SPLIT_CODES["train"]).sum())
+        n_train = int((keys.codes == SPLIT_CODES["train"]).sum())
         self.covered = {"with": len(self.items), "without": n_train - len(self.items)}
         log.info("teacher %s: top-K rows for %d of %d training examples (K=%d)%s%s", self.folder,
                  self.covered["with"], n_train, self.k,
@@ -89,45 +104,25 @@ class TeacherLookup:
     def k(self) -> int:
         return int(self.items.shape[1])
 
-    def _flat(self, data: SplitData, users: np.ndarray, positions: np.ndarray, what: str, codes: np.ndarray,
-              train_only: bool = True) -> np.ndarray:
-        """Flat index of every key; raises on duplicates and on keys that are not (training) examples."""
-        users, positions = np.asarray(users, np.int64), np.asarray(positions, np.int64)
-        where = f"teacher export {self.folder}: {what}"
-        known = (users >= 1) & (users <= data.n_users)
-        length = np.where(known, data.lengths[np.clip(users - 1, 0, data.n_users - 1)], 0)
-        inside = known & (positions >= 0) & (positions < length)
-        flat = np.where(inside, data.offsets[np.clip(users - 1, 0, data.n_users - 1)] + positions, 0)
-        code = np.where(inside, codes[flat], -1)
-        foreign = code < 0
-        if foreign.any():
-            i = int(np.argmax(foreign))
-            raise DataError(f"{where}: {int(foreign.sum())} keys are not examples of the split, e.g. "
-                            f"(user_idx, position) = ({users[i]}, {positions[i]}); was it exported for another split?")
-        if train_only and (code != SPLIT_CODES["train"]).any():
-            i = int(np.argmax(code != SPLIT_CODES["train"]))
+    @staticmethod
+    def _training(keys: ExampleKeys, users: np.ndarray, positions: np.ndarray, where: str) -> np.ndarray:
+        """Slots of keys the export files as training rows; raises when the split disagrees."""
+        slots = keys.locate(users, positions, where)
+        wrong = keys.split_codes(slots) != SPLIT_CODES["train"]
+        if wrong.any():
+            i = int(np.argmax(wrong))
             raise DataError(f"{where}: the export calls (user_idx, position) = ({users[i]}, {positions[i]}) a "
                             "training example but the split does not; was it exported for another split?")
-        ordered = np.sort(flat)
-        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-        if repeated.size:
-            i = int(np.argmax(flat == repeated[0]))
-            raise DataError(f"{where}: duplicate key (user_idx, position) = ({users[i]}, {positions[i]})")
-        return flat
-
-    @staticmethod
-    def _dense(flat: np.ndarray, size: int) -> torch.Tensor:
-        """int32 [total interactions] -> row (-1 = none): 4 bytes per interaction, not 8."""
-        index = torch.full((size,), -1, dtype=torch.int32)
-        index[torch.as_tensor(flat, dtype=torch.long)] = torch.arange(len(flat), dtype=torch.int32)
-        return index
+        return slots
 
     def to(self, device: torch.device | str) -> TeacherLookup:
-        """Moves every tensor (in place); a no-op when they are there already."""
+        """Moves the key index and the item table (in place); the top-K lists and states stay
+        mapped in host memory and travel a batch at a time."""
         device = torch.device(device)
-        if self.items.device != device:
-            for name, value in list(vars(self).items()):
-                if isinstance(value, torch.Tensor):
+        if self._topk_index.device != device:
+            for name in ("_offsets", "_lengths", "_topk_index", "_state_index", "item_embeddings"):
+                value = getattr(self, name)
+                if value is not None:
                     setattr(self, name, value.to(device))
         return self
 
@@ -139,7 +134,7 @@ class TeacherLookup:
         return torch.where(inside, index[flat].long(), -1)
 
     def topk_rows(self, users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Row of `items`/`scores` for each key (users [B] or like positions; positions [B, ...]), -1 = none."""
+        """Row of the top-K lists for each key (users [B] or like positions; positions [B, ...]), -1 = none."""
         return self._rows(self._topk_index, users, positions)
 
     def state_rows(self, users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -147,3 +142,13 @@ class TeacherLookup:
         if self._state_index is None:
             return torch.full_like(positions, -1)
         return self._rows(self._state_index, users, positions)
+
+    def topk(self, rows: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items long, scores float) [M, k] of these rows (each >= 0), on the rows' device."""
+        picked = rows.cpu()
+        items, scores = self.items[picked, :k], self.scores[picked, :k]
+        return items.to(rows.device, torch.long), scores.to(rows.device)
+
+    def state_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """States [M, D] of these rows (each >= 0), on the rows' device."""
+        return self.states[rows.cpu()].to(rows.device)

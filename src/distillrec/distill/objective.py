@@ -105,8 +105,15 @@ class DistillObjective(nn.Module, ABC):
         return loss, {**logs, **more_logs}
 
 
-def standardised(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) per column: teacher vectors (LLM hidden states) have arbitrary, large scales."""
-    mean = table.mean(0) if len(table) else torch.zeros(table.shape[1])
-    std = table.std(0) if len(table) > 1 else torch.ones(table.shape[1])
-    return mean, std.clamp_min(1e-6)
+def standardised(table: torch.Tensor, rows: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per column: teacher vectors (LLM hidden states) have arbitrary, large scales.
+    Summed in float64 a block of rows at a time: the table may be memory-mapped and not fit in memory."""
+    n, dim = table.shape
+    total, squares = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    for start in range(0, n, rows):
+        block = table[start:start + rows].double()
+        total += block.sum(0)
+        squares += (block * block).sum(0)
+    mean = total / max(n, 1)
+    var = (squares - n * mean * mean) / (n - 1) if n > 1 else torch.ones(dim, dtype=torch.float64)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)

@@ -124,12 +124,11 @@ class PRMKD(DistillObjective):
         if by_states:
             rows = lookup.state_rows(sup.users, sup.positions)
             present = rows >= 0
-            scores = lookup.states[rows.clamp_min(0)] @ lookup.item_embeddings[items].T
+            scores = lookup.state_vectors(rows.clamp_min(0)) @ lookup.item_embeddings[items].T
             return scores, present
         rows = lookup.topk_rows(sup.users, sup.positions)
         present = rows >= 0
-        safe = rows.clamp_min(0)
-        return topk_scores(lookup.items[safe], lookup.scores[safe], columns, len(items), self.floor_margin), present
+        return topk_scores(*lookup.topk(rows.clamp_min(0)), columns, len(items), self.floor_margin), present
 
     def teacher_term(self, model: Student, sup: Supervised, batch: Any) -> TermResult:
         items = torch.unique(sup.targets)

@@ -3,6 +3,10 @@
 `data/teacher/<name>/` holds Parquet files keyed by (user_idx, position) of the split stage's
 examples (DLLM2Rec aligned teacher rows by row order, docs/methods.md §1; we never do), and
 `teacher.json`. Every key is checked against the split when written, and again when loaded.
+
+Exports are written and read in chunks of rows (`ExportTables.chunks`, `TeacherExport.iter_topk`):
+a teacher that streams its rows never holds the whole export (at K = 100, 4.7M examples are 3.8 GB
+of lists), and neither does the writer.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +22,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distillrec.errors import DataError
 from distillrec.io import atomic_dir, sha256_file, write_json
+from distillrec.teachers.keys import SPLIT_NAMES, ExampleKeys, claim
 
 log = logging.getLogger(__name__)
 KEY = ["user_idx", "position"]
+ROW_GROUP = 1 << 16   # examples per Parquet row group, and per chunk read back
 
 
 @dataclass
@@ -46,14 +54,46 @@ class States:
 
 
 @dataclass
-class ExportTables:
-    """What a teacher family returns from `export`; `write_export` validates and writes it."""
+class Rows:
+    """One chunk of exported examples: their top-K lists and, when the teacher has them, states."""
 
     topk: TopK
+    states: States | None = None
+
+
+@dataclass
+class ExportTables:
+    """What a teacher family returns from `export`; `write_export` validates and writes it.
+
+    Rows come either whole (`topk`, `states`) or as `chunks`, an iterable of `Rows` that the
+    writer consumes once (a generator: the teacher computes the next chunk only when the last one
+    is on disk).
+    """
+
+    topk: TopK | None = None
     item_embeddings: np.ndarray | None = None   # [N, D]: row i-1 is item i
     states: States | None = None
     explanations: pl.DataFrame | None = None    # user_idx, position, item_idx, generated, reference
     info: dict[str, Any] = field(default_factory=dict)
+    chunks: Iterable[Rows] | None = None
+
+    def rows(self) -> Iterable[Rows]:
+        if (self.chunks is None) == (self.topk is None):
+            raise ValueError("ExportTables takes either topk (and states) or chunks, not both or neither")
+        return self.chunks if self.chunks is not None else [Rows(self.topk, self.states)]
+
+    def gathered(self) -> ExportTables:
+        """The same tables with every chunk concatenated (for checks on small exports, not for scale)."""
+        if self.chunks is None:
+            return self
+        chunks = list(self.chunks)
+        topk = TopK(*(np.concatenate([getattr(c.topk, f) for c in chunks]) for f in ("users", "positions", "items",
+                                                                                    "scores")))
+        states = None
+        if chunks and chunks[0].states is not None:
+            states = States(*(np.concatenate([getattr(c.states, f) for c in chunks])
+                              for f in ("users", "positions", "states")))
+        return ExportTables(topk, self.item_embeddings, states, self.explanations, self.info)
 
 
 def select_examples(examples: pl.DataFrame, train_positions: str | int) -> pl.DataFrame:
@@ -65,20 +105,6 @@ def select_examples(examples: pl.DataFrame, train_positions: str | int) -> pl.Da
     return pl.concat([last, examples.filter(pl.col("split") != "train")]).sort(KEY)
 
 
-def _keys(users: np.ndarray, positions: np.ndarray, what: str, examples: pl.DataFrame) -> pl.DataFrame:
-    """The split of each key; raises on duplicate keys and keys that are not examples."""
-    keys = pl.DataFrame({"user_idx": np.asarray(users, np.int32), "position": np.asarray(positions, np.int32)})
-    duplicated = keys.filter(keys.is_duplicated())
-    if duplicated.height:
-        raise DataError(f"{what}: duplicate key (user_idx, position) {duplicated.row(0)}")
-    joined = keys.with_row_index("row").join(examples.select(*KEY, "split"), on=KEY, how="left")
-    foreign = joined.filter(pl.col("split").is_null())
-    if foreign.height:
-        raise DataError(f"{what}: {foreign.height} keys are not examples of the split, e.g. "
-                        f"(user_idx, position) = {foreign.select(KEY).row(0)}")
-    return joined.sort("row").select(*KEY, "split")
-
-
 def _finite(array: np.ndarray, what: str) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
@@ -86,70 +112,138 @@ def _finite(array: np.ndarray, what: str) -> None:
                         f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
 
 
-def check_topk(topk: TopK, n_items: int, examples: pl.DataFrame) -> pl.DataFrame:
-    """Validates a top-K table against the split; returns its long Parquet form."""
+def _arrow(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    """A copy in Arrow's memory pool. pa.array would wrap the NumPy buffer (often a view of a
+    torch tensor) and keep it alive while the chunk waits for its row group; such small live
+    blocks between the scorer's large [batch, N] logits fragment the C heap (a 67k-row export at
+    8k items: 2.3 GB peak, 1.1 GB with this copy, 0.7 GB with `stage.keep_large_blocks_mapped` too)."""
+    return pa.concat_arrays([pa.array(np.ascontiguousarray(values), dtype)])
+
+
+def _lists(matrix: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(_arrow(np.asarray(matrix).reshape(-1), dtype), matrix.shape[1])
+
+
+def _keyed(users: np.ndarray, positions: np.ndarray, codes: np.ndarray | None, columns: dict[str, pa.Array]
+           ) -> pa.Table:
+    keys = {"user_idx": _arrow(users, pa.int32()), "position": _arrow(positions, pa.int32())}
+    if codes is not None:
+        keys["split"] = pa.DictionaryArray.from_arrays(_arrow(codes, pa.int8()), pa.array(SPLIT_NAMES))
+    return pa.table({**keys, **columns})
+
+
+def check_topk(topk: TopK, n_items: int, keys: ExampleKeys, index: np.ndarray, first_row: int) -> pa.Table:
+    """Validates one chunk of top-K lists against the split; returns its Parquet rows."""
     items, scores = np.asarray(topk.items), np.asarray(topk.scores, np.float32)
     if items.ndim != 2 or items.shape != scores.shape or len(items) != len(topk.users):
         raise DataError(f"top-K: items {items.shape}, scores {scores.shape} and {len(topk.users)} keys disagree")
-    keys = _keys(topk.users, topk.positions, "top-K", examples)
+    slots = keys.locate(topk.users, topk.positions, "top-K")
+    claim(index, slots, first_row, topk.users, topk.positions, "top-K")
     if items.size and (items.min() < 1 or items.max() > n_items):
         raise DataError(f"top-K: item ids must be in 1..{n_items}, found {items.min()}..{items.max()}")
     ordered = np.sort(items, axis=1)
     if (ordered[:, 1:] == ordered[:, :-1]).any():
         row = int(np.nonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))[0][0])
-        raise DataError(f"top-K: an item repeats in the list of {keys.row(row)[:2]}: {items[row].tolist()}")
+        raise DataError(f"top-K: an item repeats in the list of ({topk.users[row]}, {topk.positions[row]}): "
+                        f"{items[row].tolist()}")
     _finite(scores, "top-K scores")
     if (np.diff(scores, axis=1) > 1e-6 * np.abs(scores[:, :-1]).clip(1.0)).any():
         raise DataError("top-K: scores must not increase with rank (best first)")
-    k = items.shape[1]
-    return pl.DataFrame({
-        "user_idx": np.repeat(keys["user_idx"].to_numpy(), k),
-        "position": np.repeat(keys["position"].to_numpy(), k),
-        "split": keys["split"].to_numpy().repeat(k),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), len(items)),
-        "item_idx": items.reshape(-1).astype(np.int32),
-        "score": scores.reshape(-1),
-    }).with_columns(pl.col("split").cast(examples["split"].dtype))
+    return _keyed(topk.users, topk.positions, keys.split_codes(slots),
+                  {"items": _lists(items, pa.int32()), "scores": _lists(scores, pa.float32())})
 
 
-def _vectors(columns: dict[str, Any], name: str, matrix: np.ndarray) -> pa.Table:
-    matrix = np.ascontiguousarray(matrix, np.float32)
-    flat = pa.array(matrix.reshape(-1), pa.float32())
-    vectors = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
-    return pa.table({**{k: pa.array(v) for k, v in columns.items()}, name: vectors})
+def check_states(states: States, keys: ExampleKeys, index: np.ndarray, first_row: int) -> pa.Table:
+    slots = keys.locate(states.users, states.positions, "sequence states")
+    claim(index, slots, first_row, states.users, states.positions, "sequence states")
+    vectors = np.asarray(states.states)
+    if vectors.ndim != 2 or len(vectors) != len(slots):
+        raise DataError(f"sequence states: {vectors.shape} for {len(slots)} keys")
+    _finite(vectors, "sequence states")
+    return _keyed(states.users, states.positions, None, {"state": _lists(vectors, pa.float32())})
+
+
+class _ChunkedFile:
+    """A Parquet file written a row group at a time; the schema and width come from the first chunk."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer, self.pending, self.rows = path, None, [], 0
+
+    def add(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        elif table.schema != self.writer.schema:
+            raise DataError(f"{self.path.name}: a chunk has columns {table.schema} but the first had "
+                            f"{self.writer.schema} (K or the state width changed between chunks)")
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if sum(t.num_rows for t in self.pending) >= ROW_GROUP:
+            self.flush(whole_groups=True)
+
+    def flush(self, whole_groups: bool = False) -> None:
+        """Writes what is pending as row groups of ROW_GROUP rows (keeping the remainder, if asked)."""
+        pending = pa.concat_tables(self.pending) if self.pending else None
+        self.pending = []
+        if pending is None:
+            return
+        cut = pending.num_rows - pending.num_rows % ROW_GROUP if whole_groups else pending.num_rows
+        if cut:
+            self.writer.write_table(pending.slice(0, cut), row_group_size=ROW_GROUP)
+        if cut < pending.num_rows:
+            self.pending = [pending.slice(cut)]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()
 
 
 def write_export(folder: Path | str, tables: ExportTables, examples: pl.DataFrame, n_items: int,
-                 info: dict[str, Any]) -> dict[str, Any]:
-    """Validate every table against the split and write the export folder atomically."""
-    long = check_topk(tables.topk, n_items, examples)
-    meta = {**info, **tables.info, "top_k": int(tables.topk.items.shape[1]), "n_items": n_items,
-            "counts": {"topk_examples": {s: int(c) for s, c in long.filter(pl.col("rank") == 1)
-                                         .group_by("split").len().iter_rows()}},
-            "score": tables.info.get("score", "log-probability; higher = better")}
+                 info: dict[str, Any] | Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Validate every table against the split and write the export folder atomically, chunk by
+    chunk. `info` may be a function, called once every row is written (to time a streamed export)."""
+    keys = ExampleKeys(examples)
+    topk_index, state_index = np.full(keys.size, -1, np.int32), np.full(keys.size, -1, np.int32)
+    counts: dict[str, Any] = {"topk_examples": dict.fromkeys(SPLIT_NAMES, 0)}
     with atomic_dir(folder) as tmp:
-        long.write_parquet(tmp / "topk.parquet")
+        topk_file, states_file = _ChunkedFile(tmp / "topk.parquet"), _ChunkedFile(tmp / "sequence_states.parquet")
+        try:
+            for rows in tables.rows():
+                chunk = check_topk(rows.topk, n_items, keys, topk_index, topk_file.rows)
+                topk_file.add(chunk)
+                for code, count in zip(*np.unique(chunk["split"].combine_chunks().indices, return_counts=True)):
+                    counts["topk_examples"][SPLIT_NAMES[code]] += int(count)
+                if rows.states is not None:
+                    states_file.add(check_states(rows.states, keys, state_index, states_file.rows))
+        finally:
+            topk_file.close()
+            states_file.close()
+        if topk_file.writer is None:
+            raise DataError("the teacher exported no top-K rows at all")
+        widths = {"top_k": topk_file.writer.schema.field("items").type.list_size}
+        if states_file.writer is not None:
+            widths["state_dim"] = states_file.writer.schema.field("state").type.list_size
+            counts["states"] = states_file.rows
+        if tables.explanations is not None:
+            exp = tables.explanations
+            slots = keys.locate(exp["user_idx"].to_numpy(), exp["position"].to_numpy(), "explanations")
+            claim(np.full(keys.size, -1, np.int32), slots, 0, exp["user_idx"].to_numpy(), exp["position"].to_numpy(),
+                  "explanations")
+            split = pl.Series("split", [SPLIT_NAMES[c] for c in keys.split_codes(slots)], pl.Utf8)
+            exp.drop("split", strict=False).with_columns(split.cast(examples["split"].dtype)).write_parquet(
+                tmp / "explanations.parquet")
+            counts["explanations"] = exp.height
+        meta = {**(info() if callable(info) else info), **tables.info, **widths, "n_items": n_items,
+                "counts": {**counts, "topk_examples": {s: c for s, c in counts["topk_examples"].items() if c}},
+                "score": tables.info.get("score", "log-probability; higher = better")}
         if tables.item_embeddings is not None:
             emb = np.asarray(tables.item_embeddings)
             if emb.ndim != 2 or emb.shape[0] != n_items:
                 raise DataError(f"item embeddings: expected [{n_items}, D] (item_idx 1..{n_items}), got {emb.shape}")
             _finite(emb, "item embeddings")
-            pq.write_table(_vectors({"item_idx": np.arange(1, n_items + 1, dtype=np.int32)}, "embedding", emb),
-                           tmp / "item_embeddings.parquet")
+            pq.write_table(pa.table({"item_idx": pa.array(np.arange(1, n_items + 1, dtype=np.int32)),
+                                     "embedding": _lists(emb, pa.float32())}), tmp / "item_embeddings.parquet")
             meta["item_embedding_dim"] = int(emb.shape[1])
-        if tables.states is not None:
-            st = tables.states
-            keys = _keys(st.users, st.positions, "sequence states", examples)
-            _finite(np.asarray(st.states), "sequence states")
-            pq.write_table(_vectors({"user_idx": keys["user_idx"].to_numpy(), "position": keys["position"].to_numpy()},
-                                    "state", np.asarray(st.states)), tmp / "sequence_states.parquet")
-            meta["state_dim"] = int(np.asarray(st.states).shape[1])
-            meta["counts"]["states"] = len(st.users)
-        if tables.explanations is not None:
-            exp = tables.explanations
-            keys = _keys(exp["user_idx"].to_numpy(), exp["position"].to_numpy(), "explanations", examples)
-            exp.drop("split", strict=False).with_columns(keys["split"]).write_parquet(tmp / "explanations.parquet")
-            meta["counts"]["explanations"] = exp.height
         write_json(tmp / "teacher.json", meta)
     log.info("exported %s: %s", folder, meta["counts"])
     return meta
@@ -178,32 +272,57 @@ class TeacherExport:
                 digest.update(sha256_file(self.folder / name).encode())
         return digest.hexdigest()
 
+    def _chunks(self, file: str, columns: list[str], split: str | None) -> Iterator[pa.RecordBatch]:
+        """Record batches of ROW_GROUP rows in file order, optionally of one split: bounded memory."""
+        for batch in pq.ParquetFile(self.folder / file).iter_batches(ROW_GROUP, columns=columns + ["split"] * bool(split)):
+            yield batch.filter(pc.equal(batch.column("split").cast(pa.string()), split)) if split else batch
+
+    def iter_topk(self, split: str | None = None) -> Iterator[TopK]:
+        """Top-K lists chunk by chunk in file order (not sorted), optionally of one split."""
+        names = pq.read_schema(self.folder / "topk.parquet").names
+        if "items" not in names:
+            raise DataError(f"{self.folder / 'topk.parquet'} has columns {names}, not the list layout "
+                            "(user_idx, position, split, items, scores) of this version: re-run export_teacher")
+        for batch in self._chunks("topk.parquet", [*KEY, "items", "scores"], split):
+            k = batch.schema.field("items").type.list_size
+            yield TopK(*(batch.column(c).to_numpy().astype(np.int64) for c in KEY),
+                       batch.column("items").flatten().to_numpy().reshape(-1, k).astype(np.int64),
+                       batch.column("scores").flatten().to_numpy().reshape(-1, k))
+
+    def iter_states(self) -> Iterator[States]:
+        """Sequence states chunk by chunk in file order (none when the teacher exports no states)."""
+        if not (self.folder / "sequence_states.parquet").exists():
+            return
+        for batch in self._chunks("sequence_states.parquet", [*KEY, "state"], None):
+            dim = batch.schema.field("state").type.list_size
+            yield States(*(batch.column(c).to_numpy().astype(np.int64) for c in KEY),
+                         batch.column("state").flatten().to_numpy().reshape(-1, dim))
+
     def topk(self, split: str | None = None) -> TopK:
-        """Top-K arrays sorted by key, optionally of one split."""
-        frame = pl.scan_parquet(self.folder / "topk.parquet")
-        if split is not None:
-            frame = frame.filter(pl.col("split") == split)
-        frame = frame.sort(*KEY, "rank").collect()
-        k = int(self.info["top_k"])
-        heads = frame.filter(pl.col("rank") == 1)
-        return TopK(heads["user_idx"].to_numpy().astype(np.int64), heads["position"].to_numpy().astype(np.int64),
-                    frame["item_idx"].to_numpy().reshape(-1, k).astype(np.int64),
-                    frame["score"].to_numpy().reshape(-1, k))
+        """Top-K arrays of the whole export (or one split) in memory, sorted by key."""
+        chunks = list(self.iter_topk(split)) or [TopK(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                                      np.zeros((0, int(self.info["top_k"])), np.int64),
+                                                      np.zeros((0, int(self.info["top_k"])), np.float32))]
+        users, positions = (np.concatenate([getattr(c, f) for c in chunks]) for f in ("users", "positions"))
+        order = np.lexsort((positions, users))
+        return TopK(users[order], positions[order], np.concatenate([c.items for c in chunks])[order],
+                    np.concatenate([c.scores for c in chunks])[order])
 
     def item_embeddings(self) -> np.ndarray | None:
         path = self.folder / "item_embeddings.parquet"
         if not path.exists():
             return None
         table = pq.read_table(path).sort_by("item_idx")
-        return np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        return table["embedding"].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1).astype(np.float32)
 
     def states(self) -> States | None:
-        path = self.folder / "sequence_states.parquet"
-        if not path.exists():
+        """Every sequence state in memory, sorted by key."""
+        chunks = list(self.iter_states())
+        if not chunks:
             return None
-        table = pq.read_table(path).sort_by([("user_idx", "ascending"), ("position", "ascending")])
-        return States(table["user_idx"].to_numpy().astype(np.int64), table["position"].to_numpy().astype(np.int64),
-                      np.stack(table["state"].to_numpy(zero_copy_only=False)).astype(np.float32))
+        users, positions = (np.concatenate([getattr(c, f) for c in chunks]) for f in ("users", "positions"))
+        order = np.lexsort((positions, users))
+        return States(users[order], positions[order], np.concatenate([c.states for c in chunks])[order])
 
     def explanations(self) -> pl.DataFrame | None:
         path = self.folder / "explanations.parquet"

@@ -91,14 +91,18 @@ def export_teacher(params: Params, name: str, processed: Path | str, model_dir: 
     started = time.perf_counter()
     with torch.no_grad():
         tables = teacher.export(data, examples, cfg.export)
-    seconds = time.perf_counter() - started
-    info = {"name": name, "family": trained.family, "base_model": getattr(trained.model, "base_model", None),
-            "finetune": getattr(trained.model, "finetune", None), "parameters": summary["parameters"],
-            "trainable_parameters": summary["trainable_parameters"], "size_mb": summary["size_mb"],
-            "train_seconds": summary["fit"]["seconds"], "fit": summary["fit"],
-            "export": {**cfg.export.model_dump(mode="json"), "examples": examples.height, "seconds": seconds,
-                       "ms_per_example": 1000 * seconds / max(examples.height, 1),
-                       "ms_per_user": 1000 * seconds / max(examples["user_idx"].n_unique(), 1),
-                       "device": str(teacher.device), "threads": torch.get_num_threads()},
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def info() -> dict:
+        """Called by the writer once every row is on disk: a streamed export computes as it writes."""
+        seconds = time.perf_counter() - started
+        return {"name": name, "family": trained.family, "base_model": getattr(trained.model, "base_model", None),
+                "finetune": getattr(trained.model, "finetune", None), "parameters": summary["parameters"],
+                "trainable_parameters": summary["trainable_parameters"], "size_mb": summary["size_mb"],
+                "train_seconds": summary["fit"]["seconds"], "fit": summary["fit"],
+                "export": {**cfg.export.model_dump(mode="json"), "examples": examples.height, "seconds": seconds,
+                           "ms_per_example": 1000 * seconds / max(examples.height, 1),
+                           "ms_per_user": 1000 * seconds / max(examples["user_idx"].n_unique(), 1),
+                           "device": str(teacher.device), "threads": torch.get_num_threads()},
+                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
     return write_export(out_dir, tables, data.split.examples, data.n_items, info)

@@ -9,6 +9,7 @@ item module (`TableSASRec`), whose language-model part goes through UniSRec's ad
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -22,7 +23,8 @@ from distillrec.students import Student
 from distillrec.students.base import trim_padding
 from distillrec.students.sasrec import SASRec
 from distillrec.teachers.data import TeacherData
-from distillrec.teachers.export import ExportTables, States, TopK
+from distillrec.teachers.export import ExportTables, Rows, States, TopK
+from distillrec.train.ranking import SCORE_BUDGET, chunked_topk, student_scorer
 
 log = logging.getLogger(__name__)
 SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
@@ -36,31 +38,33 @@ def train_params(cfg: IdTeacherParams | TextTeacherParams | FusionTeacherParams)
                        threads=t.threads, window_stride=t.window_stride)
 
 
-@torch.no_grad()
 def export_student(model: Student, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams,
                    max_length: int, info: dict) -> ExportTables:
     """Full-catalogue scores of each example's history; the top K by log-softmax, the output item
-    table and the state that scores each history (the id and text teachers are students inside)."""
-    model, device = model.eval(), next(model.parameters()).device
+    table and the state that scores each history (the id and text teachers are students inside).
+    The rows are a generator of chunks: the writer streams them to disk as they are computed."""
+    model = model.eval()
+    table = model.item_embeddings()[1:].detach().float().cpu().numpy()
+    return ExportTables(chunks=_scored_rows(model, data, examples, cfg, max_length), item_embeddings=table,
+                        info={"score": SCORE, "max_length": max_length,
+                              "states": "the state that scores the history"} | info)
+
+
+@torch.no_grad()
+def _scored_rows(model: Student, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams,
+                 max_length: int) -> Iterator[Rows]:
+    device = next(model.parameters()).device
     users = examples["user_idx"].to_numpy().astype(np.int64)
     positions = examples["position"].to_numpy().astype(np.int64)
     k = min(cfg.top_k, data.n_items)
-    items, scores, states = [], [], []
+    scorer, chunk = student_scorer(model), max(1024, SCORE_BUDGET // cfg.batch_size)
     for start in tqdm(range(0, len(users), cfg.batch_size), desc="top-K", disable=None):
         u, p = users[start:start + cfg.batch_size], positions[start:start + cfg.batch_size]
         history, = trim_padding(torch.as_tensor(data.split.histories(u, p, max_length), device=device))
         state = model.user_states(history)
-        logits = model.score(state).float()
-        logits[:, 0] = -torch.inf
-        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
-        items.append(top.indices.cpu())
-        scores.append(top.values.cpu())
-        states.append(state.float().cpu())
-    table = model.item_embeddings()[1:].detach().float().cpu().numpy()
-    return ExportTables(TopK(users, positions, torch.cat(items).numpy(), torch.cat(scores).numpy()),
-                        item_embeddings=table, states=States(users, positions, torch.cat(states).numpy()),
-                        info={"score": SCORE, "max_length": max_length,
-                              "states": "the state that scores the history"} | info)
+        items, logits, total = chunked_topk(scorer, state, k, chunk)
+        yield Rows(TopK(u, p, items.cpu().numpy(), (logits - total[:, None]).cpu().numpy()),
+                   States(u, p, state.float().cpu().numpy()))
 
 
 class MoEAdaptor(nn.Module):
