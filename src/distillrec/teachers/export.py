@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,17 @@ class Rows:
     states: States | None = None
 
 
+def _concat(parts: list, cls: type):
+    """One TopK/States from chunks of it, field by field."""
+    return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
+
+
+def _by_key(rows):
+    """The same TopK/States with its rows sorted by (user_idx, position)."""
+    order = np.lexsort((rows.positions, rows.users))
+    return type(rows)(*(getattr(rows, f.name)[order] for f in fields(rows)))
+
+
 @dataclass
 class ExportTables:
     """What a teacher family returns from `export`; `write_export` validates and writes it.
@@ -87,12 +98,8 @@ class ExportTables:
         if self.chunks is None:
             return self
         chunks = list(self.chunks)
-        topk = TopK(*(np.concatenate([getattr(c.topk, f) for c in chunks]) for f in ("users", "positions", "items",
-                                                                                    "scores")))
-        states = None
-        if chunks and chunks[0].states is not None:
-            states = States(*(np.concatenate([getattr(c.states, f) for c in chunks])
-                              for f in ("users", "positions", "states")))
+        topk = _concat([c.topk for c in chunks], TopK)
+        states = _concat([c.states for c in chunks], States) if chunks and chunks[0].states is not None else None
         return ExportTables(topk, self.item_embeddings, states, self.explanations, self.info)
 
 
@@ -204,15 +211,15 @@ def write_export(folder: Path | str, tables: ExportTables, examples: pl.DataFram
     chunk. `info` may be a function, called once every row is written (to time a streamed export)."""
     keys = ExampleKeys(examples)
     topk_index, state_index = np.full(keys.size, -1, np.int32), np.full(keys.size, -1, np.int32)
-    counts: dict[str, Any] = {"topk_examples": dict.fromkeys(SPLIT_NAMES, 0)}
+    per_split = np.zeros(len(SPLIT_NAMES), np.int64)   # top-K examples per split code
+    counts: dict[str, Any] = {}
     with atomic_dir(folder) as tmp:
         topk_file, states_file = _ChunkedFile(tmp / "topk.parquet"), _ChunkedFile(tmp / "sequence_states.parquet")
         try:
             for rows in tables.rows():
                 chunk = check_topk(rows.topk, n_items, keys, topk_index, topk_file.rows)
                 topk_file.add(chunk)
-                for code, count in zip(*np.unique(chunk["split"].combine_chunks().indices, return_counts=True)):
-                    counts["topk_examples"][SPLIT_NAMES[code]] += int(count)
+                per_split += np.bincount(chunk["split"].combine_chunks().indices.to_numpy(), minlength=len(SPLIT_NAMES))
                 if rows.states is not None:
                     states_file.add(check_states(rows.states, keys, state_index, states_file.rows))
         finally:
@@ -234,7 +241,7 @@ def write_export(folder: Path | str, tables: ExportTables, examples: pl.DataFram
                 tmp / "explanations.parquet")
             counts["explanations"] = exp.height
         meta = {**(info() if callable(info) else info), **tables.info, **widths, "n_items": n_items,
-                "counts": {**counts, "topk_examples": {s: c for s, c in counts["topk_examples"].items() if c}},
+                "counts": {"topk_examples": {s: int(c) for s, c in zip(SPLIT_NAMES, per_split) if c}, **counts},
                 "score": tables.info.get("score", "log-probability; higher = better")}
         if tables.item_embeddings is not None:
             emb = np.asarray(tables.item_embeddings)
@@ -300,13 +307,12 @@ class TeacherExport:
 
     def topk(self, split: str | None = None) -> TopK:
         """Top-K arrays of the whole export (or one split) in memory, sorted by key."""
-        chunks = list(self.iter_topk(split)) or [TopK(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                                      np.zeros((0, int(self.info["top_k"])), np.int64),
-                                                      np.zeros((0, int(self.info["top_k"])), np.float32))]
-        users, positions = (np.concatenate([getattr(c, f) for c in chunks]) for f in ("users", "positions"))
-        order = np.lexsort((positions, users))
-        return TopK(users[order], positions[order], np.concatenate([c.items for c in chunks])[order],
-                    np.concatenate([c.scores for c in chunks])[order])
+        chunks = list(self.iter_topk(split))
+        if not chunks:
+            k = int(self.info["top_k"])
+            return TopK(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k), np.int64),
+                        np.zeros((0, k), np.float32))
+        return _by_key(_concat(chunks, TopK))
 
     def item_embeddings(self) -> np.ndarray | None:
         path = self.folder / "item_embeddings.parquet"
@@ -318,11 +324,7 @@ class TeacherExport:
     def states(self) -> States | None:
         """Every sequence state in memory, sorted by key."""
         chunks = list(self.iter_states())
-        if not chunks:
-            return None
-        users, positions = (np.concatenate([getattr(c, f) for c in chunks]) for f in ("users", "positions"))
-        order = np.lexsort((positions, users))
-        return States(users[order], positions[order], np.concatenate([c.states for c in chunks])[order])
+        return _by_key(_concat(chunks, States)) if chunks else None
 
     def explanations(self) -> pl.DataFrame | None:
         path = self.folder / "explanations.parquet"

@@ -89,7 +89,8 @@ def chunked_topk(scorer: Scorer, encoded: torch.Tensor, k: int, chunk: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(items [B, k], scores [B, k], logsumexp [B]) over slices of `chunk` items, padding excluded:
     a running top-k and an online log-sum-exp, so a teacher's log-softmax top-k never holds
-    [B, N] scores (at 180k items, slices that stay in cache are also faster than one pass)."""
+    [B, N] scores (at 180k items and B = 1024, slices of 65,536 items took ~9 % more time than one
+    pass on 2 cores, for about a third of the memory)."""
     best_scores = best_items = None
     total = None
     for start in range(1, scorer.n_items + 1, chunk):   # item 0 is padding: never scored
