@@ -121,6 +121,57 @@ def test_a_streamed_export_writes_row_groups_and_reads_back_what_a_whole_one_doe
     assert max(len(c.users) for c in other.iter_topk()) == 16   # read back a row group at a time
 
 
+def interrupted(chunks, after: int):
+    """The chunks, then the failure of a killed run after `after` of them."""
+    for i, chunk in enumerate(chunks):
+        if i == after:
+            raise KeyboardInterrupt("killed")
+        yield chunk
+
+
+def test_an_interrupted_streamed_export_resumes_after_its_last_part(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(export_module, "ROW_GROUP", 16)
+    examples = select_examples(data.examples, "all")
+    topk = oracle_topk(data, examples, 4)
+    states = States(topk.users, topk.positions, np.arange(len(topk.users) * 2, dtype=np.float32).reshape(-1, 2))
+    starts = []
+
+    def resume_from(start):
+        starts.append(start)
+        return chunked(TopK(*(getattr(topk, f)[start:] for f in ("users", "positions", "items", "scores"))),
+                       States(states.users[start:], states.positions[start:], states.states[start:]), 5)
+
+    whole = write_export(tmp_path / "whole", ExportTables(topk, None, states), data.examples, data.n_items, INFO)
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):   # killed after 8 chunks = 40 examples: two parts of 20 on disk
+        write_export(tmp_path / "t", ExportTables(chunks=interrupted(chunked(topk, states, 5), 8),
+                                                  resume_from=resume_from), data.examples, data.n_items, INFO,
+                     checkpoint, "same")
+    assert not (tmp_path / "t").exists()
+    assert json.loads((checkpoint / "progress.json").read_text())["parts"] == [{"topk": 20, "states": 20}] * 2
+    # a duplicate key in the resumed rows is still caught against the parts written before the kill
+    with pytest.raises(DataError, match="duplicate key"):
+        write_export(tmp_path / "t", ExportTables(chunks=iter([]), resume_from=lambda start: chunked(topk, states, 5)),
+                     data.examples, data.n_items, INFO, checkpoint, "same")
+    meta = write_export(tmp_path / "t", ExportTables(chunks=iter([]), resume_from=resume_from), data.examples,
+                        data.n_items, INFO, checkpoint, "same")
+    assert starts == [40] and meta["counts"] == whole["counts"]
+    one, other = TeacherExport(tmp_path / "whole"), TeacherExport(tmp_path / "t")
+    a, b = one.topk(), other.topk()
+    assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("users", "positions", "items", "scores"))
+    assert np.array_equal(one.states().states, other.states().states)
+    assert pq.ParquetFile(tmp_path / "t" / "topk.parquet").num_row_groups == -(-len(topk.users) // 16)
+    assert not list(checkpoint.glob("*.parquet")) and json.loads((checkpoint / "progress.json").read_text())["complete"]
+    # parts of another teacher (fingerprint) are discarded: the export starts from the first example
+    with pytest.raises(KeyboardInterrupt):
+        write_export(tmp_path / "u", ExportTables(chunks=interrupted(chunked(topk, states, 5), 8),
+                                                  resume_from=resume_from), data.examples, data.n_items, INFO,
+                     checkpoint, "same")
+    write_export(tmp_path / "u", ExportTables(chunks=chunked(topk, states, 5), resume_from=resume_from),
+                 data.examples, data.n_items, INFO, checkpoint, "retrained")
+    assert starts == [40] and TeacherExport(tmp_path / "u").content_id() == other.content_id()
+
+
 def test_a_key_repeated_in_a_later_chunk_is_refused(tmp_path, data):
     topk = oracle_topk(data, select_examples(data.examples, 1), 3)
     first = Rows(TopK(topk.users[:4], topk.positions[:4], topk.items[:4], topk.scores[:4]))
@@ -190,3 +241,29 @@ def test_bleu_and_rouge_on_known_strings():
     assert explanation_metrics(["a b"], ["c d"])["rougeL"] == 0.0
     with pytest.raises(ValueError):
         explanation_metrics(["a"], [])
+
+
+def test_the_export_fingerprint_follows_the_teacher_files_the_split_and_the_export_params(tmp_path):
+    from distillrec.teachers.run import export_fingerprint
+    model, processed = tmp_path / "model", tmp_path / "processed"
+    (model / "sub").mkdir(parents=True)
+    processed.mkdir()
+    (model / "sub" / "weights.safetensors").write_bytes(b"w1")
+    (processed / "sequences.parquet").write_bytes(b"s1")
+    first = export_fingerprint(model, processed, {"top_k": 10})
+    assert export_fingerprint(model, processed, {"top_k": 10}) == first
+    assert export_fingerprint(model, processed, {"top_k": 20}) != first
+    (model / "sub" / "weights.safetensors").write_bytes(b"w2")
+    retrained = export_fingerprint(model, processed, {"top_k": 10})
+    (processed / "sequences.parquet").write_bytes(b"s2")
+    assert len({first, retrained, export_fingerprint(model, processed, {"top_k": 10})}) == 3
+
+
+def test_a_chunk_whose_k_differs_from_the_first_is_refused(tmp_path, data):
+    examples = select_examples(data.examples, 1)
+    three, four = oracle_topk(data, examples, 3), oracle_topk(data, examples, 4)
+    first = Rows(TopK(three.users[:4], three.positions[:4], three.items[:4], three.scores[:4]))
+    wider = Rows(TopK(four.users[4:8], four.positions[4:8], four.items[4:8], four.scores[4:8]))
+    with pytest.raises(DataError, match="K or the state width changed between chunks"):
+        write_export(tmp_path / "t", ExportTables(chunks=iter([first, wider])), data.examples, data.n_items, INFO)
+    assert not (tmp_path / "t").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distillrec.errors import DataError
-from distillrec.io import atomic_dir, sha256_file, write_json
+from distillrec.io import atomic_dir, atomic_file, sha256_file, write_json
 from distillrec.teachers.keys import SPLIT_NAMES, ExampleKeys, claim
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class ExportTables:
     explanations: pl.DataFrame | None = None    # user_idx, position, item_idx, generated, reference
     info: dict[str, Any] = field(default_factory=dict)
     chunks: Iterable[Rows] | None = None
+    # the chunks again from the start-th exported example on, for a teacher whose chunks cover its
+    # examples in order (each chunk's states, if any, for the same examples): makes the export resumable
+    resume_from: Callable[[int], Iterable[Rows]] | None = None
 
     def rows(self) -> Iterable[Rows]:
         if (self.chunks is None) == (self.topk is None):
@@ -171,7 +175,7 @@ def check_states(states: States, keys: ExampleKeys, index: np.ndarray, first_row
 
 
 class _ChunkedFile:
-    """A Parquet file written a row group at a time; the schema and width come from the first chunk."""
+    """A Parquet file written a row group at a time (its chunks' schema checked by `_Parts`)."""
 
     def __init__(self, path: Path):
         self.path, self.writer, self.pending, self.rows = path, None, [], 0
@@ -179,9 +183,6 @@ class _ChunkedFile:
     def add(self, table: pa.Table) -> None:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
-        elif table.schema != self.writer.schema:
-            raise DataError(f"{self.path.name}: a chunk has columns {table.schema} but the first had "
-                            f"{self.writer.schema} (K or the state width changed between chunks)")
         self.pending.append(table)
         self.rows += table.num_rows
         if sum(t.num_rows for t in self.pending) >= ROW_GROUP:
@@ -205,23 +206,122 @@ class _ChunkedFile:
             self.writer.close()
 
 
+class _Parts:
+    """Validated rows on their way to the export, as part files of about ROW_GROUP examples (top-K
+    and the states of the same chunks), each recorded in progress.json once it is on disk.
+
+    In a checkpoint folder with a fingerprint of what produces the rows (teacher, split, export
+    params), an interrupted export resumes after the last recorded part: `done` examples are not
+    computed again. A different fingerprint discards the parts.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str | None):
+        self.folder, self.fingerprint = folder, fingerprint
+        progress = folder / "progress.json"
+        saved = json.loads(progress.read_text()) if progress.exists() else {}
+        if fingerprint is not None and saved.get("fingerprint") == fingerprint and not saved.get("complete"):
+            self.parts: list[dict[str, int]] = saved["parts"]
+        else:
+            self.parts = []
+            for old in folder.glob("*.parquet"):
+                old.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pending: list[tuple[pa.Table, pa.Table | None]] = []
+        self.schemas = {kind: pq.read_schema(next(self.files(kind))) for kind in ("topk", "states")
+                        if any(part[kind] for part in self.parts)}
+
+    @property
+    def done(self) -> int:
+        """Examples (top-K rows) in recorded parts."""
+        return sum(part["topk"] for part in self.parts)
+
+    def files(self, kind: str) -> Iterator[Path]:
+        return (self.folder / f"{kind}-{i:05d}.parquet" for i, part in enumerate(self.parts) if part[kind])
+
+    def add(self, topk: pa.Table, states: pa.Table | None) -> None:
+        for kind, table in (("topk", topk), ("states", states)):
+            first = self.schemas.setdefault(kind, table.schema) if table is not None else None
+            if table is not None and table.schema != first:
+                raise DataError(f"{kind}: a chunk has columns {table.schema} but the first had {first} "
+                                f"(K or the state width changed between chunks)")
+        self.pending.append((topk, states))
+        if sum(t.num_rows for t, _ in self.pending) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        number, rows = len(self.parts), {}
+        for kind, tables in (("topk", [t for t, _ in self.pending]), ("states", [s for _, s in self.pending if s is not None])):
+            rows[kind] = sum(t.num_rows for t in tables)
+            if tables:
+                with atomic_file(self.folder / f"{kind}-{number:05d}.parquet") as tmp:
+                    pq.write_table(pa.concat_tables(tables), tmp)
+        self.pending = []
+        self.parts.append(rows)
+        self._record(complete=False)
+
+    def _record(self, complete: bool) -> None:
+        write_json(self.folder / "progress.json",
+                   {"fingerprint": self.fingerprint, "parts": self.parts, "complete": complete})
+
+    def finish(self) -> None:
+        """The export is written: drop the parts, keep a progress.json that resumes nothing."""
+        for part in self.folder.glob("*.parquet"):
+            part.unlink()
+        self.parts = []
+        self._record(complete=True)
+
+
+def _restore(parts: _Parts, keys: ExampleKeys, topk_index: np.ndarray, state_index: np.ndarray,
+             per_split: np.ndarray) -> None:
+    """Claims the keys of recorded parts again (duplicates stay errors across a resume)."""
+    for kind, index in (("topk", topk_index), ("states", state_index)):
+        first = 0
+        for path in parts.files(kind):
+            table = pq.read_table(path, columns=["user_idx", "position"] + (["split"] if kind == "topk" else []))
+            users, positions = table["user_idx"].to_numpy(), table["position"].to_numpy()
+            claim(index, keys.locate(users, positions, kind), first, users, positions, kind)
+            if kind == "topk":
+                per_split += np.bincount(table["split"].combine_chunks().indices.to_numpy(), minlength=len(SPLIT_NAMES))
+            first += len(users)
+
+
 def write_export(folder: Path | str, tables: ExportTables, examples: pl.DataFrame, n_items: int,
-                 info: dict[str, Any] | Callable[[], dict[str, Any]]) -> dict[str, Any]:
+                 info: dict[str, Any] | Callable[[], dict[str, Any]], checkpoint: Path | str | None = None,
+                 fingerprint: str | None = None) -> dict[str, Any]:
     """Validate every table against the split and write the export folder atomically, chunk by
-    chunk. `info` may be a function, called once every row is written (to time a streamed export)."""
+    chunk. `info` may be a function, called once every row is written (to time a streamed export).
+    The rows pass through part files in `checkpoint` (default: inside the temporary folder); with
+    the `fingerprint` of what produces them, a resumable export (`tables.resume_from`) that was
+    interrupted goes on after its last recorded part."""
     keys = ExampleKeys(examples)
     topk_index, state_index = np.full(keys.size, -1, np.int32), np.full(keys.size, -1, np.int32)
     per_split = np.zeros(len(SPLIT_NAMES), np.int64)   # top-K examples per split code
     counts: dict[str, Any] = {}
+    resumable = tables.resume_from is not None and fingerprint is not None
     with atomic_dir(folder) as tmp:
+        parts = _Parts(Path(checkpoint) if checkpoint else tmp / "parts", fingerprint if resumable else None)
+        _restore(parts, keys, topk_index, state_index, per_split)
+        done = parts.done
+        if done:
+            log.info("resuming the export after %d examples (%d parts in %s)", done, len(parts.parts), checkpoint)
+        rows_done, states_done = done, sum(part["states"] for part in parts.parts)
+        for rows in (tables.resume_from(done) if done else tables.rows()):
+            chunk = check_topk(rows.topk, n_items, keys, topk_index, rows_done)
+            per_split += np.bincount(chunk["split"].combine_chunks().indices.to_numpy(), minlength=len(SPLIT_NAMES))
+            states = None
+            if rows.states is not None:
+                states = check_states(rows.states, keys, state_index, states_done)
+                states_done += states.num_rows
+            rows_done += chunk.num_rows
+            parts.add(chunk, states)
+        parts.flush()
         topk_file, states_file = _ChunkedFile(tmp / "topk.parquet"), _ChunkedFile(tmp / "sequence_states.parquet")
         try:
-            for rows in tables.rows():
-                chunk = check_topk(rows.topk, n_items, keys, topk_index, topk_file.rows)
-                topk_file.add(chunk)
-                per_split += np.bincount(chunk["split"].combine_chunks().indices.to_numpy(), minlength=len(SPLIT_NAMES))
-                if rows.states is not None:
-                    states_file.add(check_states(rows.states, keys, state_index, states_file.rows))
+            for target, kind in ((topk_file, "topk"), (states_file, "states")):
+                for path in parts.files(kind):
+                    target.add(pq.read_table(path))
         finally:
             topk_file.close()
             states_file.close()
@@ -252,6 +352,10 @@ def write_export(folder: Path | str, tables: ExportTables, examples: pl.DataFram
                                      "embedding": _lists(emb, pa.float32())}), tmp / "item_embeddings.parquet")
             meta["item_embedding_dim"] = int(emb.shape[1])
         write_json(tmp / "teacher.json", meta)
+        if checkpoint:
+            parts.finish()
+        else:
+            shutil.rmtree(parts.folder)
     log.info("exported %s: %s", folder, meta["counts"])
     return meta
 

@@ -73,9 +73,18 @@ def train_teacher(params: Params, name: str, processed: Path | str, out_dir: Pat
     return summary
 
 
+def export_fingerprint(model_dir: Path, processed: Path, export: dict[str, Any]) -> str:
+    """What a teacher's exported rows depend on: its trained files, the split, the export params
+    (a checkpointed export resumes only with the same)."""
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    return fingerprint(export, sha256_file(processed / "sequences.parquet"),
+                       [[str(p.relative_to(model_dir)), sha256_file(p)] for p in files])
+
+
 def export_teacher(params: Params, name: str, processed: Path | str, model_dir: Path | str,
-                   out_dir: Path | str) -> dict[str, Any]:
-    """Score the examples with the trained teacher and write `data/teacher/<name>/`."""
+                   out_dir: Path | str, checkpoint_dir: Path | str | None = None) -> dict[str, Any]:
+    """Score the examples with the trained teacher and write `data/teacher/<name>/`; a streamed export
+    checkpoints its parts in `checkpoint_dir` and resumes there after an interruption."""
     cfg, model_dir = teacher_params(params, name), Path(model_dir)
     summary = read_summary(model_dir)
     try:
@@ -105,4 +114,7 @@ def export_teacher(params: Params, name: str, processed: Path | str, model_dir: 
                            "device": str(teacher.device), "threads": torch.get_num_threads()},
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    return write_export(out_dir, tables, data.split.examples, data.n_items, info)
+    resumable = checkpoint_dir is not None and tables.resume_from is not None
+    return write_export(out_dir, tables, data.split.examples, data.n_items, info, checkpoint_dir,
+                        export_fingerprint(model_dir, Path(processed), cfg.export.model_dump(mode="json"))
+                        if resumable else None)

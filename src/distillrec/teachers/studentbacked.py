@@ -47,7 +47,8 @@ def export_student(model: Student, data: TeacherData, examples: pl.DataFrame, cf
     table = model.item_embeddings()[1:].detach().float().cpu().numpy()
     return ExportTables(chunks=_scored_rows(model, data, examples, cfg, max_length), item_embeddings=table,
                         info={"score": SCORE, "max_length": max_length,
-                              "states": "the state that scores the history"} | info)
+                              "states": "the state that scores the history"} | info,
+                        resume_from=lambda start: _scored_rows(model, data, examples.slice(start), cfg, max_length))
 
 
 @torch.no_grad()
