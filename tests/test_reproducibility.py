@@ -109,7 +109,7 @@ CRASHES = {
     ("train_teacher", "fusion"):        # epoch 2 trained, its checkpoint written but not in place
         (Kill("os.rename", r"(^|/)checkpoint\.pt$", 2), {"models/teachers/fusion": False},
          r"models/checkpoints/teacher-fusion/\.checkpoint\.pt\.tmp-\d+"),
-    ("export_teacher", "fusion"):       # its Parquet tables in the temporary folder, teacher.json not yet
+    ("export_teacher", "fusion"):       # its rows recorded in parts and joined, teacher.json not yet
         (Kill("open", r"/\.fusion\.tmp-\d+/\.teacher\.json\.tmp-\d+$"), {"data/teacher/fusion": False},
          r"data/teacher/\.fusion\.tmp-\d+/sequence_states\.parquet"),
     ("distill", "dllm2rec", "42"):        # epoch 2 of distillation trained, its checkpoint not in place
@@ -146,5 +146,7 @@ def test_stages_killed_mid_work_rerun_to_the_uninterrupted_result(reference, tin
                 assert not present or differences(tmp_path, reference, out) == [], out
         result = run_stage(tmp_path, *stage)   # what `dvc repro` runs again (the checkpoints persist)
         assert result.returncode == 0, f"{stage} failed on the rerun:\n{result.stderr[-3000:]}"
+        if stage[0] == "export_teacher":   # its scored rows were recorded in parts: not scored again
+            assert "resuming the export after" in result.stderr, result.stderr[-3000:]
     assert not [n for n in files(tmp_path) if TEMPORARY.search(n)]   # no temporary file or lock left
     assert differences(tmp_path, reference) == []

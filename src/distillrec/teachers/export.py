@@ -262,11 +262,12 @@ class _Parts:
         self._record(complete=False)
 
     def _record(self, complete: bool) -> None:
-        write_json(self.folder / "progress.json",
-                   {"fingerprint": self.fingerprint, "parts": self.parts, "complete": complete})
+        write_json(self.folder / "progress.json", {"fingerprint": None if complete else self.fingerprint,
+                                                   "parts": self.parts, "complete": complete})
 
     def finish(self) -> None:
-        """The export is written: drop the parts, keep a progress.json that resumes nothing."""
+        """The export is written: drop the parts, keep a progress.json that resumes nothing (the
+        same bytes on every run: the fingerprint hashes files with timings in them)."""
         for part in self.folder.glob("*.parquet"):
             part.unlink()
         self.parts = []
