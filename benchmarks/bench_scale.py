@@ -5,9 +5,12 @@ SASRec d=64, 2 layers, max length 50, batch 64 windows, over 180,959 items (the 
 category after 5-core, BENCHMARKS.md "Ingest + split") with Amazon-like short histories (5 + a
 geometric tail, mean ~8.4 items). Each configuration runs in a fresh process with 1 torch thread:
 `steps` timed training steps after 2 warm-up steps, peak RSS of the process (ru_maxrss), and the
-projected epoch time for one window per user (558,933 users).
+projected epoch time for one window per user (558,933 users). `--as-before` runs the step as the
+code did before 2026-12-05: glibc's default handling of large blocks (mapped and unmapped on each
+use) and the eight-pass AdamW, against the stages' `reuse_freed_blocks` and the fused `adamw`.
 
     python benchmarks/bench_scale.py --steps 20
+    python benchmarks/bench_scale.py --steps 20 --configs sampled_softmax-256-bucketed --as-before
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ def run_one(config: dict) -> dict:
     from distillrec.students.base import trim_padding
     from distillrec.students.sasrec import SASRec
     from distillrec.train.objectives import Batch, SharedNegatives, cross_entropy, gbce, objective_of, sampled_softmax
-    from distillrec.train.trainer import batch_order
+    from distillrec.stage import reuse_freed_blocks
+    from distillrec.train.trainer import adamw, batch_order
 
+    if not config["as_before"]:
+        reuse_freed_blocks()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     n_items, users, max_length, batch_size = config["items"], config["users"], 50, 64
@@ -56,7 +62,8 @@ def run_one(config: dict) -> dict:
     for row, n in enumerate(lengths):
         windows[row, -n:] = torch.as_tensor(rng.integers(1, n_items + 1, n))
     model = SASRec(n_items, StudentParams(hidden=64, layers=2, heads=2, max_length=max_length)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-3) if config["as_before"]
+                 else adamw(model.parameters(), 1e-3, 0.01))
     if train.objective == "ce":
         objective = objective_of(cross_entropy)
     else:
@@ -79,7 +86,7 @@ def run_one(config: dict) -> dict:
             times.append(time.perf_counter() - started)
             columns.append(inputs.shape[1])
     per_step = float(np.mean(times))
-    return {"config": config["name"], "items": n_items, "step_s": per_step, "steps": len(times),
+    return {"config": config["name"] + (" (as before)" if config["as_before"] else ""), "items": n_items, "step_s": per_step, "steps": len(times),
             "mean_columns": float(np.mean(columns)), "epoch_s_projected": per_step * -(-users // batch_size),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -90,6 +97,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=558_933)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--as-before", action="store_true", help="glibc's default large blocks, eight-pass AdamW")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -100,7 +108,8 @@ def main() -> None:
     rows = []
     for name in args.configs:
         job = {"name": name, "items": args.items, "users": args.users, "steps": args.steps,
-               "steps_total": max(args.steps + 2, 200), "train": CONFIGS[name]}
+               "steps_total": max(args.steps + 2, 200), "train": CONFIGS[name],
+               "as_before": args.as_before}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True,
                              check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -3,14 +3,38 @@ import math
 import pytest
 import torch
 
-from distillrec.train.metrics import metric_per_example, metrics_from_ranks, target_ranks
-from distillrec.train.ranking import Scorer, chunked_ranks, chunked_topk
+from distillrec.train.metrics import metric_per_example, metrics_from_ranks
+from distillrec.data.splitdata import SplitData
+from distillrec.train import ranking
+from distillrec.train.ranking import Scorer, chunked_ranks, chunked_topk, rank_split, table_scorer
 
 MIN = torch.finfo(torch.float32).min
 
 
 def scores(*rows):
     return torch.tensor([[MIN, *row] for row in rows])
+
+
+def matrix_scorer(scores: torch.Tensor) -> Scorer:
+    return Scorer(lambda history: scores, lambda every, start, stop: every[:, start:stop], scores.shape[1] - 1)
+
+
+def target_ranks(scores, targets, exclude=None, chunk=1 << 20):
+    """What `chunked_ranks` gives for a score matrix [B, N + 1]; exclude: a mask of the same shape."""
+    pairs = None if exclude is None else tuple(exclude.nonzero().T)
+    return chunked_ranks(matrix_scorer(scores), scores, targets, pairs, chunk)
+
+
+def brute_force_ranks(scores, targets, exclude=None):
+    """The rule as defined, on the whole matrix: 1 + the other items (not padding, not excluded)
+    that score at least the target's score; a NaN target ranks last."""
+    items = scores[:, 1:]
+    target_score = scores.gather(1, targets[:, None])
+    beats = items >= target_score
+    if exclude is not None:
+        beats &= ~exclude[:, 1:]
+    beats.scatter_(1, (targets - 1)[:, None], False)
+    return torch.where(target_score[:, 0].isnan(), items.shape[1], 1 + beats.sum(dim=1))
 
 
 def test_rank_counts_ties_against_the_model():
@@ -63,11 +87,54 @@ def test_ranking_a_slice_at_a_time_equals_ranking_all_at_once(chunk):
     item = torch.randint(1, 21, (60,), generator=g)
     exclude = torch.zeros_like(scores, dtype=torch.bool)
     exclude[row, item] = True
-    scorer = Scorer(lambda history: scores, lambda every, start, stop: every[:, start:stop], 20)
-    expected = target_ranks(scores, targets, exclude)
+    scorer = matrix_scorer(scores)
+    expected = brute_force_ranks(scores, targets, exclude)
     assert expected[3] == 20
     assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, (row, item), chunk), expected)
-    assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, None, chunk), target_ranks(scores, targets))
+    assert torch.equal(chunked_ranks(scorer, scorer.encode(None), targets, None, chunk),
+                       brute_force_ranks(scores, targets))
+
+
+def test_same_scores_for_every_history_rank_by_binary_search_exactly_as_by_definition():
+    g = torch.Generator().manual_seed(2)
+    table = torch.randint(0, 6, (31,), generator=g).float()   # popularity counts: many ties
+    table[0] = MIN
+    targets = torch.randint(1, 31, (50,), generator=g)
+    row = torch.randint(0, 50, (200,), generator=g)               # repeated pairs: one exclusion each
+    item = torch.randint(1, 31, (200,), generator=g)
+    row[:50], item[:50] = torch.arange(50), targets               # a target in its own history stays ranked
+    exclude = torch.zeros(50, 31, dtype=torch.bool)
+    exclude[row, item] = True
+    scorer = table_scorer(table)
+    every = table.expand(50, -1)
+    assert scorer.shared is not None
+    assert torch.equal(chunked_ranks(scorer, every, targets, (row, item), 4), brute_force_ranks(every, targets, exclude))
+    assert torch.equal(chunked_ranks(scorer, every, targets, None, 4), brute_force_ranks(every, targets))
+
+
+def test_rank_split_shrinks_its_batch_so_a_large_catalogue_is_ranked_in_one_pass(small_split, monkeypatch):
+    data = SplitData.load(small_split)
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(data.n_items + 1, 8, generator=g)
+    passes = []
+
+    def scores(states, start, stop):
+        passes.append((start, stop))
+        out = states @ table[start:stop].T
+        if start == 0:
+            out[:, 0] = MIN
+        return out
+
+    scorer = Scorer(lambda history: table[history].mean(1), scores, data.n_items)
+    users, expected = rank_split(scorer, data, "test", 5, 32, torch.device("cpu"), True)
+    assert all(stop - start == data.n_items + 1 for start, stop in passes)
+    passes.clear()
+    # a budget of 8 histories' catalogue: batches of 32 would need slices, batches of 8 fit one
+    monkeypatch.setattr(ranking, "SCORE_BUDGET", 8 * (data.n_items + 1))
+    monkeypatch.setattr(ranking, "MIN_ROWS", 4)
+    _, ranks = rank_split(scorer, data, "test", 5, 32, torch.device("cpu"), True)
+    assert torch.equal(ranks, expected)
+    assert len(passes) == math.ceil(len(users) / 8) and all(stop - start == data.n_items + 1 for start, stop in passes)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, 100])

@@ -93,6 +93,43 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path, small_split):
     assert summary["fit"]["epochs"] == 3
 
 
+def test_a_finished_checkpoint_is_resumed_only_by_the_same_code(tmp_path, small_split, monkeypatch, caplog):
+    fit(tmp_path, "m", small_split, epochs=2)
+    with caplog.at_level("INFO", logger="distillrec.train.loop"):
+        fit(tmp_path, "m", small_split, epochs=2)
+        assert "resuming from" in caplog.text and "ignoring" not in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(loop_module, "code_digest", lambda: "the digest of edited code")
+        summary, _ = fit(tmp_path, "m", small_split, epochs=2)
+    assert "ignoring" in caplog.text and "resuming from" not in caplog.text
+    assert summary["fit"]["epochs"] == 2
+
+
+def test_the_code_digest_follows_every_source_file_under_the_package(tmp_path):
+    from distillrec.io import code_digest
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    first = code_digest.__wrapped__(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    assert code_digest.__wrapped__(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert code_digest.__wrapped__(tmp_path / "pkg") != first
+    assert len(code_digest()) == 64 and code_digest() == code_digest()
+
+
+def test_fused_adamw_marks_its_parameters_written_so_weight_keyed_caches_see_each_step():
+    from distillrec.teachers.itemtext import weights_key
+    from distillrec.train.trainer import adamw
+    table, frozen = torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(2))
+    optimizer = adamw([table, frozen], 0.01, 0.0)
+    before, values, unwritten = weights_key([table]), table.detach().clone(), weights_key([frozen])
+    table.square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(table.detach(), values) and weights_key([table]) != before
+    assert weights_key([frozen]) == unwritten   # no gradient, not stepped: its caches stay valid
+
+
 def test_popularity_counts_only_training_part(small_split):
     from distillrec.data.splitdata import SplitData
     data = SplitData.load(small_split)

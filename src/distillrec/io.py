@@ -9,6 +9,7 @@ the same output removes it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -106,6 +107,17 @@ def sha256_stream(handle: Any, chunk: int = 1 << 20) -> str:
 def sha256_file(path: Path | str) -> str:
     with open(path, "rb") as handle:
         return sha256_stream(handle)
+
+
+@functools.cache
+def code_digest(root: Path = Path(__file__).resolve().parent) -> str:
+    """Hash of the `.py` files under `root` (this package). Checkpoints carry it: DVC reruns a stage
+    because its code changed, and resuming the finished checkpoint of the old code would hand back
+    the old result under the new code's name."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 LOCK = ".lock"

@@ -1,7 +1,7 @@
 """Resumable chunks: `chunk-<k>.safetensors` holds the vectors of the k-th `chunk_items` items (in the
 length-sorted order) with the run's fingerprint in its metadata. A chunk is reused only when its
-fingerprint and item list match this run's, so a run with other params, another model or other
-item text recomputes it; chunks that are not this run's are removed when the run completes.
+fingerprint and item list match this run's, so a run with other params, another model, other
+item text or other code recomputes it; chunks that are not this run's are removed when the run completes.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from distillrec.io import LOCK, atomic_file
+from distillrec.io import LOCK, atomic_file, code_digest
 
 log = logging.getLogger(__name__)
-VERSION = 1   # bump when the computation changes in a way params do not show
 
 
 def fingerprint(**parts: Any) -> str:
-    text = json.dumps({"version": VERSION, **parts}, sort_keys=True, default=str)
+    """The run's identity: its params, model, item text and the package's code."""
+    text = json.dumps({"code": code_digest(), **parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -47,7 +47,7 @@ from distillrec.teachers.itemtext import ItemTokens, TextEncoder, item_texts, we
 from distillrec.teachers.studentbacked import MoEAdaptor, TableSASRec, export_student, train_params
 from distillrec.train.loop import FitState
 from distillrec.train.objectives import Batch, Objective, build_objective
-from distillrec.train.trainer import Trainer
+from distillrec.train.trainer import Trainer, adamw
 
 log = logging.getLogger(__name__)
 ENCODER = "items.text.encoder."   # state-dict prefix of the encoder: saved as backbone/adapter, not in extras
@@ -116,8 +116,8 @@ class TextTrainer(Trainer):
             encoder = {id(p) for p in model.items.text.parameters()}
             groups = [[p for p in model.parameters() if (id(p) in encoder) == own and p.requires_grad]
                       for own in (False, True)]
-            self.optimizer = torch.optim.AdamW([{"params": groups[0]}, {"params": groups[1], "lr": encoder_lr}],
-                                               lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self.optimizer = adamw([{"params": groups[0]}, {"params": groups[1], "lr": encoder_lr}],
+                                   self.cfg.lr, self.cfg.weight_decay)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.items.text.catalogue()

@@ -27,16 +27,16 @@ from dvclive import Live
 from tqdm import tqdm
 
 from distillrec.errors import DataError
-from distillrec.io import atomic_file, folder_lock
+from distillrec.io import atomic_file, code_digest, folder_lock
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
 def fingerprint(*parts: Any) -> str:
-    """Identity of a run's configuration: a checkpoint is resumed only by the same config."""
-    text = json.dumps([p if isinstance(p, (str, int, float, list, dict)) else p.model_dump(mode="json")
-                       for p in parts], sort_keys=True)
+    """Identity of a run's configuration: a checkpoint is resumed only by the same config and code."""
+    text = json.dumps([code_digest()] + [p if isinstance(p, (str, int, float, list, dict)) else p.model_dump(mode="json")
+                                         for p in parts], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -162,7 +162,7 @@ class Loop:
             raise DataError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
                             f"delete it to train from scratch") from None
         if saved["state"]["fingerprint"] != self.state.fingerprint:
-            log.info("ignoring %s: it was written with other params or data", path)
+            log.info("ignoring %s: it was written with other params, data or code", path)
             return False
         self.task.module.load_state_dict(saved["model"], strict=False)
         self.task.optimizer.load_state_dict(saved["optimizer"])
