@@ -6,7 +6,9 @@ import torch
 from distillrec.train.metrics import metric_per_example, metrics_from_ranks
 from distillrec.data.splitdata import SplitData
 from distillrec.train import ranking
-from distillrec.train.ranking import Scorer, chunked_ranks, chunked_topk, rank_split, table_scorer
+from distillrec.evaluate.cost import inference_cost
+from distillrec.train.ranking import (Scorer, chunked_ranks, chunked_topk, count_at_least, rank_split, table_scorer,
+                                      top_k)
 
 MIN = torch.finfo(torch.float32).min
 
@@ -147,3 +149,68 @@ def test_log_softmax_top_k_a_slice_at_a_time_equals_the_whole_catalogue(chunk):
     assert torch.equal(items, whole.indices + 1)
     assert torch.allclose(top - total[:, None], whole.values, atol=1e-5)
     assert torch.equal(scores, torch.randn(30, 41, generator=g.manual_seed(1)) * 3)   # nothing written to it
+
+
+def by_definition_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k columns ordered by value descending, ties by lower column."""
+    return torch.tensor([sorted(range(scores.shape[1]), key=lambda j: (-row[j].item(), j))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("columns,k", [(40, 5), (2000, 100), (30, 30), (17, 10)])
+def test_top_k_is_the_k_largest_in_order_with_ties_to_the_lower_column(columns, k):
+    g = torch.Generator().manual_seed(columns)
+    ties = torch.randint(0, 4, (9, columns), generator=g).float()     # many ties at the k-th value
+    values, indices, total = top_k(ties, k)
+    assert torch.equal(indices, by_definition_top(ties, k)) and torch.equal(values, ties.gather(1, indices))
+    assert torch.allclose(total, torch.logsumexp(ties, dim=1), atol=1e-5)
+    distinct = torch.randn(9, columns, generator=g) * 30
+    values, indices, total = top_k(distinct, k)
+    expected = distinct.topk(k, dim=1)
+    assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
+    assert torch.allclose(total, torch.logsumexp(distinct, dim=1), atol=1e-4)
+
+
+def test_top_k_rejects_a_row_of_nan():
+    scores = torch.randn(3, 400)
+    scores[1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        top_k(scores, 10)
+
+
+def test_counting_on_several_threads_equals_one(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randint(0, 9, (11, 300), generator=g).float()
+    threshold = torch.randint(0, 9, (11,), generator=g).float()
+    expected = (scores >= threshold[:, None]).sum(1)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert torch.equal(count_at_least(scores, threshold), expected)
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 100])
+def test_top_k_over_slices_gives_ties_to_the_lower_item(chunk):
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 3, (12, 31), generator=g).float()
+    scorer = Scorer(lambda history: scores, lambda every, start, stop: every[:, start:stop], 30)
+    items, top, total = chunked_topk(scorer, scorer.encode(None), 6, chunk)
+    assert torch.equal(items, by_definition_top(scores[:, 1:], 6) + 1)
+    assert torch.allclose(total, torch.logsumexp(scores[:, 1:], dim=1), atol=1e-5)
+
+
+def test_throughput_is_timed_over_at_most_the_repeats_batches(small_split):
+    data = SplitData.load(small_split)
+    calls = []
+    table = torch.randn(data.n_items + 1)
+
+    def encode(history):
+        calls.append(len(history))
+        return table.expand(len(history), -1)
+
+    scorer = Scorer(encode, lambda every, start, stop: every[:, start:stop], data.n_items)
+    users = len(data.targets("test")[0])
+    cost = inference_cost(scorer, data, 5, 1, 3, 2, torch.device("cpu"))
+    assert users > 2 * 3 and cost["users_per_second"] > 0
+    assert calls == [1] * (2 + 3) + [2] * (1 + 3)    # warm-up, latency; warm-up, 3 batches, not every user
+    calls.clear()
+    inference_cost(scorer, data, 5, 1, 1000, users, torch.device("cpu"))
+    assert calls[-2:] == [users, users]                 # fewer users than the repeats allow: one pass
