@@ -24,7 +24,7 @@ from distillrec.students.base import trim_padding
 from distillrec.students.sasrec import SASRec
 from distillrec.teachers.data import TeacherData
 from distillrec.teachers.export import ExportTables, Rows, States, TopK
-from distillrec.train.ranking import SCORE_BUDGET, chunked_topk, fitting_batch, student_scorer
+from distillrec.train.ranking import chunked_topk, score_layout, student_scorer
 
 log = logging.getLogger(__name__)
 SCORE = "log-softmax of the model's logit over the full catalogue; higher = better"
@@ -58,8 +58,8 @@ def _scored_rows(model: Student, data: TeacherData, examples: pl.DataFrame, cfg:
     users = examples["user_idx"].to_numpy().astype(np.int64)
     positions = examples["position"].to_numpy().astype(np.int64)
     k = min(cfg.top_k, data.n_items)
-    batch = fitting_batch(cfg.batch_size, data.n_items + 1)
-    scorer, chunk = student_scorer(model), max(1024, SCORE_BUDGET // batch)
+    batch, chunk = score_layout(cfg.batch_size, data.n_items + 1)
+    scorer = student_scorer(model)
     for start in tqdm(range(0, len(users), batch), desc="top-K", disable=None):
         u, p = users[start:start + batch], positions[start:start + batch]
         history, = trim_padding(torch.as_tensor(data.split.histories(u, p, max_length), device=device))

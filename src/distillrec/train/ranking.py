@@ -80,33 +80,23 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="distillrec-rows")
 
 
-def by_row_blocks(function: Callable[..., None], *arrays: np.ndarray) -> None:
-    """function(*blocks) over the rows of `arrays` cut into torch.get_num_threads() blocks that run
-    on threads at once (numpy's loops release the GIL); `function` writes its results into output
-    arrays among `arrays`, which the calling thread allocates."""
-    threads = min(torch.get_num_threads(), len(arrays[0]))
-    if threads <= 1:
-        function(*arrays)
-        return
-    for done in _pool(threads).map(function, *[np.array_split(array, threads) for array in arrays]):
-        assert done is None
-
-
-def _count_rows(rows: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
-    for i, (row, limit) in enumerate(zip(rows, limits)):
-        out[i] = np.count_nonzero(row >= limit)
+def _count_rows(rows: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    return np.fromiter((np.count_nonzero(r >= t) for r, t in zip(rows, limits)), dtype=np.int64, count=len(rows))
 
 
 def count_at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """Per row of `scores` [B, W], how many are >= threshold[row]. On CPU a row at a time through
-    numpy's count_nonzero, in blocks of rows on every thread: torch's bool reduction
-    `(scores >= t).sum(1)` took 1.7 ms per row of 200k items on one core, this 0.1 ms, and it was
-    most of the cost of ranking a large catalogue."""
+    numpy's count_nonzero, blocks of rows on torch.get_num_threads() threads at once (numpy's loops
+    release the GIL): torch's bool reduction `(scores >= t).sum(1)` took 1.7 ms per row of 200k
+    items on one core, this 0.1 ms, and it was most of the cost of ranking a large catalogue."""
     if scores.device.type != "cpu":
         return (scores >= threshold[:, None]).sum(1)
-    out = np.empty(len(scores), dtype=np.int64)
-    by_row_blocks(_count_rows, scores.detach().numpy(), threshold.detach().numpy(), out)
-    return torch.from_numpy(out)
+    rows, limits = scores.detach().numpy(), threshold.detach().numpy()
+    threads = min(torch.get_num_threads(), len(rows))
+    if threads <= 1:
+        return torch.from_numpy(_count_rows(rows, limits))
+    blocks = _pool(threads).map(_count_rows, np.array_split(rows, threads), np.array_split(limits, threads))
+    return torch.from_numpy(np.concatenate(list(blocks)))
 
 
 def _top_rows(k: int, rows: np.ndarray, out: np.ndarray, totals: np.ndarray) -> None:
@@ -135,9 +125,9 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tor
     On CPU each row's k-th largest score is bounded from below by the k-th largest of every
     16th score, only the scores above that bound (~16 k) are selected exactly, and the log-sum-exp
     is taken while the row is still in cache: at 200k items and k = 100, 0.42 ms per row against
-    0.57 ms for torch.topk + torch.logsumexp on 2 threads. One thread: run on two at once
-    (`by_row_blocks`), an export's resident memory grew ~25 MB per batch of 256 rows (to 11.7 GiB)
-    until its part was written, which one thread and torch.topk did not. NaN scores are never
+    0.57 ms for torch.topk + torch.logsumexp on 2 threads. One thread: with blocks of rows on two
+    threads (as `count_at_least`) an export's resident memory grew ~25 MB per batch of 256 rows (to
+    11.7 GiB) until its part was written, which one thread and torch.topk did not. NaN scores are never
     selected (and make the row's log-sum-exp NaN, which the export rejects); a row with too many of
     them is a ValueError."""
     if scores.device.type != "cpu":
@@ -214,12 +204,13 @@ def chunked_topk(scorer: Scorer, encoded: torch.Tensor, k: int, chunk: int
     return best_items, best_scores, total
 
 
-def fitting_batch(batch_size: int, columns: int) -> int:
-    """`batch_size`, shrunk (down to MIN_ROWS) so that a batch's scores of `columns` items fit
-    SCORE_BUDGET: a catalogue of up to SCORE_BUDGET / MIN_ROWS items (262,144) is scored in one pass."""
+def score_layout(batch_size: int, columns: int) -> tuple[int, int]:
+    """(histories per batch, items per slice): `batch_size`, shrunk (down to MIN_ROWS) so that a
+    batch's scores of `columns` items fit SCORE_BUDGET (a catalogue of up to SCORE_BUDGET / MIN_ROWS
+    items, 262,144, is scored in one pass), and the slice width that the budget leaves."""
     if batch_size * columns > SCORE_BUDGET:
-        return min(batch_size, max(MIN_ROWS, SCORE_BUDGET // columns))
-    return batch_size
+        batch_size = min(batch_size, max(MIN_ROWS, SCORE_BUDGET // columns))
+    return batch_size, max(1024, SCORE_BUDGET // batch_size)
 
 
 @torch.no_grad()
@@ -227,8 +218,7 @@ def rank_split(scorer: Scorer, data: SplitData, split: str, max_length: int, bat
                device: torch.device, exclude_history: bool = False) -> tuple[np.ndarray, torch.Tensor]:
     """(user_idx, 1-based rank) of each target of `split`; the caller puts models in eval mode."""
     users, positions, items = data.targets(split)
-    batch_size = fitting_batch(batch_size, scorer.n_items + 1)
-    chunk = max(1024, SCORE_BUDGET // batch_size)
+    batch_size, chunk = score_layout(batch_size, scorer.n_items + 1)
     ranks = []
     for start in range(0, len(users), batch_size):
         u, p = users[start:start + batch_size], positions[start:start + batch_size]
