@@ -32,6 +32,8 @@ CONFIGS = {
     "sampled_softmax-256-popularity": {"objective": "sampled_softmax", "negatives": 256, "sampler": "popularity"},
     "gbce-256": {"objective": "gbce", "negatives": 256},
     "sampled_softmax-256-bucketed": {"objective": "sampled_softmax", "negatives": 256, "batching": "bucketed"},
+    "sampled_softmax-1024": {"objective": "sampled_softmax", "negatives": 1024},
+    "sampled_softmax-1024-bucketed": {"objective": "sampled_softmax", "negatives": 1024, "batching": "bucketed"},
 }
 
 

@@ -127,7 +127,7 @@ def test_build_objective_names(small_split):
     assert "sampled_ce" in logs and torch.isfinite(loss)
 
 
-def test_bucketed_batches_cover_every_window_once_with_less_padding_and_repeat_per_seed():
+def test_bucketed_batches_cover_every_window_once_with_less_padding_an_item_budget_and_repeat_per_seed():
     lengths = torch.as_tensor(np.random.default_rng(0).integers(1, 51, 5000))
     for mode in ("shuffle", "bucketed"):
         batches = batch_order(lengths, 16, mode, torch.Generator().manual_seed(7))
@@ -142,3 +142,11 @@ def test_bucketed_batches_cover_every_window_once_with_less_padding_and_repeat_p
     # batches are not in length order: a pool of batches is shuffled before training
     maxima = torch.stack([lengths[b].max() for b in bucketed])
     assert not (maxima[1:] >= maxima[:-1]).all()
+    # a bucketed batch holds about batch_size x mean length items, not batch_size windows, so every
+    # position weighs about the same in the per-step mean, and an epoch has about as many steps
+    budget = 16 * lengths.float().mean()
+    items = torch.stack([lengths[b].sum() for b in bucketed]).float()
+    assert abs(len(bucketed) - len(shuffled)) <= 0.05 * len(shuffled)
+    assert items.max() <= 2 * budget and abs(items.median() - budget) <= 0.15 * budget
+    sizes = torch.as_tensor([len(b) for b in bucketed])
+    assert sizes[maxima <= 10].min() > 16 and sizes[maxima >= 45].max() < 16

@@ -59,3 +59,22 @@ def test_two_processes_train_in_step_and_match_one_process(workdirs, small_split
     # half the optimiser steps of twice the batch: not the same trajectory, the same quality (README)
     assert test["two"] > 1.2 * test["popularity"]
     assert abs(test["two"] - test["one"]) < 0.1 * test["one"], test
+
+
+def test_a_stage_destroys_its_process_group_when_it_ends_even_on_error(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from distillrec.errors import DistillrecError
+    from distillrec.stage import stage
+
+    def body(params):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        raise DistillrecError("bad input")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setattr(sys, "argv", ["stage.py"])
+    with pytest.raises(SystemExit) as exited:
+        stage(body)()
+    assert exited.value.code == 1 and not dist.is_initialized()

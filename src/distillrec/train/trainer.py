@@ -28,15 +28,23 @@ POOL_BATCHES = 64  # bucketed batching sorts pools of this many random batches b
 
 def batch_order(lengths: torch.Tensor, batch_size: int, mode: str, generator: torch.Generator
                 ) -> list[torch.Tensor]:
-    """Window indices of each step of one epoch. shuffle: random batches. bucketed: a random pool of
-    POOL_BATCHES batches is sorted by window length and cut into batches, and all batches are shuffled,
-    so a batch holds windows of similar length and `trim_padding` drops most of their padding (on a
-    catalogue of short histories most of a max_length window is padding). Both use only `generator`."""
+    """Window indices of each step of one epoch. shuffle: random batches of `batch_size` windows.
+    bucketed: a random pool of POOL_BATCHES batches is sorted by window length and cut into batches
+    of about `batch_size` x (mean window length) items each, and all batches are shuffled, so a batch
+    holds windows of similar length and `trim_padding` drops most of their padding (on a catalogue
+    of short histories most of a max_length window is padding). The budget is in items, not windows:
+    each step's loss is a mean over its positions, so equal-window batches of short windows gave
+    those positions several times the weight of long windows' positions (Office, sampled softmax
+    1,024: test NDCG@10 -28 % against shuffle, docs/methods.md §5). Both use only `generator`."""
     order = torch.randperm(len(lengths), generator=generator)
     if mode == "shuffle":
         return list(order.split(batch_size))
-    batches = [chunk for pool in order.split(batch_size * POOL_BATCHES)
-               for chunk in pool[torch.argsort(lengths[pool], stable=True)].split(batch_size)]
+    budget = batch_size * max(float(lengths.float().mean()), 1.0)
+    batches = []
+    for pool in order.split(batch_size * POOL_BATCHES):
+        pool = pool[torch.argsort(lengths[pool], stable=True)]
+        group = ((lengths[pool].cumsum(0) - 1).double() / budget).long()  # budget-sized runs of sorted windows
+        batches += list(pool.split(torch.unique_consecutive(group, return_counts=True)[1].tolist()))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
