@@ -127,7 +127,7 @@ def test_build_objective_names(small_split):
     assert "sampled_ce" in logs and torch.isfinite(loss)
 
 
-def test_bucketed_batches_cover_every_window_once_with_less_padding_an_item_budget_and_repeat_per_seed():
+def test_bucketed_batches_cover_every_window_once_with_less_padding_in_an_item_budget_and_repeat_per_seed():
     lengths = torch.as_tensor(np.random.default_rng(0).integers(1, 51, 5000))
     for mode in ("shuffle", "bucketed"):
         batches = batch_order(lengths, 16, mode, torch.Generator().manual_seed(7))

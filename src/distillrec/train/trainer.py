@@ -34,8 +34,8 @@ def batch_order(lengths: torch.Tensor, batch_size: int, mode: str, generator: to
     holds windows of similar length and `trim_padding` drops most of their padding (on a catalogue
     of short histories most of a max_length window is padding). The budget is in items, not windows:
     each step's loss is a mean over its positions, so equal-window batches of short windows gave
-    those positions several times the weight of long windows' positions (Office, sampled softmax
-    1,024: test NDCG@10 -28 % against shuffle, docs/methods.md §5). Both use only `generator`."""
+    those positions several times the weight of long windows' positions (what that cost:
+    docs/methods.md §5). Both use only `generator`."""
     order = torch.randperm(len(lengths), generator=generator)
     if mode == "shuffle":
         return list(order.split(batch_size))
