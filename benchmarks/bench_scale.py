@@ -34,6 +34,8 @@ CONFIGS = {
     "sampled_softmax-256-bucketed": {"objective": "sampled_softmax", "negatives": 256, "batching": "bucketed"},
     "sampled_softmax-1024": {"objective": "sampled_softmax", "negatives": 1024},
     "sampled_softmax-1024-bucketed": {"objective": "sampled_softmax", "negatives": 1024, "batching": "bucketed"},
+    # the floor of any cheaper output layer: 2 negatives, so a step is almost only the encoder
+    "sampled_softmax-2-bucketed": {"objective": "sampled_softmax", "negatives": 2, "batching": "bucketed"},
 }
 
 

@@ -10,7 +10,7 @@ from distillrec.params import Params, StudentParams, TrainParams, validate_teach
 from distillrec.students.sasrec import SASRec
 from distillrec.train.objectives import (Batch, SharedNegatives, build_objective, cross_entropy, gbce,
                                          objective_of, sampled_softmax)
-from distillrec.train.trainer import batch_order
+from distillrec.train.trainer import batch_order, bucket_widths
 
 N_ITEMS = 12
 
@@ -127,7 +127,7 @@ def test_build_objective_names(small_split):
     assert "sampled_ce" in logs and torch.isfinite(loss)
 
 
-def test_bucketed_batches_cover_every_window_once_with_less_padding_in_an_item_budget_and_repeat_per_seed():
+def test_bucketed_batches_cover_every_window_once_with_less_padding_in_an_item_budget_in_few_shapes_and_repeat_per_seed():
     lengths = torch.as_tensor(np.random.default_rng(0).integers(1, 51, 5000))
     for mode in ("shuffle", "bucketed"):
         batches = batch_order(lengths, 16, mode, torch.Generator().manual_seed(7))
@@ -139,7 +139,7 @@ def test_bucketed_batches_cover_every_window_once_with_less_padding_in_an_item_b
     padded = {name: sum(len(b) * int(lengths[b].max()) for b in batches)
               for name, batches in (("shuffle", shuffled), ("bucketed", bucketed))}
     assert padded["bucketed"] < 0.6 * padded["shuffle"]
-    # batches are not in length order: a pool of batches is shuffled before training
+    # batches are not in length order: all batches are shuffled before training
     maxima = torch.stack([lengths[b].max() for b in bucketed])
     assert not (maxima[1:] >= maxima[:-1]).all()
     # a bucketed batch holds about batch_size x mean length items, not batch_size windows, so every
@@ -149,4 +149,15 @@ def test_bucketed_batches_cover_every_window_once_with_less_padding_in_an_item_b
     assert abs(len(bucketed) - len(shuffled)) <= 0.05 * len(shuffled)
     assert items.max() <= 2 * budget and abs(items.median() - budget) <= 0.15 * budget
     sizes = torch.as_tensor([len(b) for b in bucketed])
-    assert sizes[maxima <= 10].min() > 16 and sizes[maxima >= 45].max() < 16
+    assert sizes[maxima <= 10].median() > 16 and sizes[maxima >= 45].max() < 16
+    # every window shares its batch only with windows of its length bucket, and each bucket's batches
+    # have one size (but its last): few distinct shapes, so a kept heap does not fragment
+    widths = bucket_widths(50)
+    assert widths[0] == 1 and widths[-1] == 50 and len(widths) <= 16
+    assert ((widths[1:] - widths[:-1]) <= torch.ceil(0.25 * widths[:-1]).clamp(min=1)).all()
+    shapes = set()
+    for batch in bucketed:
+        buckets = torch.searchsorted(widths, lengths[batch]).unique()
+        assert len(buckets) == 1
+        shapes.add((int(buckets), len(batch)))
+    assert len(shapes) <= 2 * len(widths)
