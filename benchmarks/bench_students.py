@@ -4,6 +4,10 @@ Runs each (dataset, model, seed) in a fresh process with 1 torch thread (see
 ../shared/reference/BENCHMARKING.md) and writes one JSON line per run, then a markdown table.
 
     python benchmarks/bench_students.py --datasets ml-100k synthetic --models sasrec gru4rec caser bert4rec --seeds 1 2 3
+
+`--target 0.070` adds when each run first reaches that test NDCG@10 with the model that validation
+had selected so far (time to quality; test is measured, never used to select).
+`--compare _a _b` runs the paired t-test over test users between two tags' saved runs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +65,76 @@ def run_one(config: str) -> None:
 
     from distillrec.evaluate.evaluation import Evaluator
     from distillrec.params import parse_params
-    from distillrec.train.run import train_student
+    from distillrec.train.objectives import build_objective
+    from distillrec.train.run import Plan, train_student
     job = json.loads(config)
     params = parse_params(job["params"])
     torch.set_num_threads(1)
     name = f"{job['dataset']}-{params.student.model}-{params.train.seeds[0]}{job['tag']}"
     started = time.perf_counter()
-    summary = train_student(params, job["processed"], OUT / "models" / name, OUT / "ckpt" / name, OUT / "live" / name)
-    wall = time.perf_counter() - started
+    trajectory: list[list[float]] = []
+    summary = train_student(params, job["processed"], OUT / "models" / name, OUT / "ckpt" / name, OUT / "live" / name,
+                            plan=lambda model, data: Plan(build_objective(params.train, data), {},
+                                                          test_when_best(model, data, params, trajectory)))
+    wall = time.perf_counter() - started - sum(row[-1] for row in trajectory)
     evaluator = Evaluator(job["processed"], params.evaluate, "cpu")
     evaluator.add_student(name, OUT / "models" / name)
     row = evaluator.table[name]
     print(json.dumps({"dataset": job["dataset"], "model": params.student.model, "seed": params.train.seeds[0],
                       "tag": job["tag"], "test": row["test"], "fit": summary["fit"], "wall": wall,
+                      "trajectory": [r[:-1] for r in trajectory],
                       "cost": row["cost"], "threads": torch.get_num_threads()}))
 
 
-def summarise(rows: list[dict]) -> str:
-    lines = ["| dataset | model | runs | test HR@10 | test NDCG@10 | test MRR@10 | test NDCG@20 | epochs (best) | s/epoch | s to best | total s | ms/user |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def test_when_best(model, data, params, trajectory: list[list[float]]) -> Callable[[dict[str, float]], None]:
+    """After each validation: when the selection metric improves, the test NDCG@10 of the model a run
+    stopped now would keep, as [training seconds, epoch, valid metric, test NDCG@10, seconds spent here].
+    Test never selects anything; it measures when a run reaches a quality. The training seconds
+    exclude these test evaluations (and the per-epoch checkpoint writes count, as in `s to best`)."""
+    import torch
+
+    from distillrec.train.metrics import metrics_from_ranks
+    from distillrec.train.ranking import rank_split, student_scorer
+    started, metric, epochs = time.perf_counter(), params.train.select_metric, []
+
+    def record(valid: dict[str, float]) -> None:
+        epochs.append(valid)
+        if trajectory and valid[metric] <= trajectory[-1][2]:
+            return
+        begin = time.perf_counter()
+        _, ranks = rank_split(student_scorer(model), data, "test", params.student.max_length,
+                              params.evaluate.batch_size, torch.device("cpu"))
+        spent = sum(row[-1] for row in trajectory)
+        trajectory.append([begin - started - spent, len(epochs), valid[metric],
+                           metrics_from_ranks(ranks, [10])["ndcg@10"], time.perf_counter() - begin])
+
+    return record
+
+
+def seconds_to(target: float, rows: list[dict]) -> str:
+    """Training seconds until the validation-selected model first has test NDCG@10 >= target, per run."""
+    times = [next((t for t, _, _, test in r.get("trajectory", []) if test >= target), None) for r in rows]
+    return " / ".join("never" if t is None else f"{t:.0f}" for t in times)
+
+
+def compare(dataset: str, model: str, seeds: list[int], baseline: str, other: str) -> dict:
+    """Paired t-test over test users (per-user NDCG@10 averaged over seeds) of two tags' saved runs,
+    as `evaluate` compares a distilled student with its baseline."""
+    from distillrec.evaluate.evaluation import Evaluator
+    from distillrec.params import EvaluateParams
+    evaluator = Evaluator(OUT / dataset / "processed", EvaluateParams(latency_repeats=1), "cpu")
+    for tag in (baseline, other):
+        evaluator.add_runs(tag, {str(seed): OUT / "models" / f"{dataset}-{model}-{seed}{tag}" for seed in seeds})
+    evaluator.compare(baseline, "ndcg@10")
+    return {"dataset": dataset, "model": model, "baseline": baseline, "other": other, "seeds": seeds,
+            **evaluator.table[other]["vs_baseline"]}
+
+
+def summarise(rows: list[dict], target: float | None = None) -> str:
+    reach = [f"s to test NDCG@10 ≥ {target} (each run)"] if target is not None else []
+    lines = ["| " + " | ".join(["dataset", "model", "runs", "test HR@10", "test NDCG@10", "test MRR@10", "test NDCG@20",
+                                "epochs (best)", "s/epoch", "s to best", *reach, "total s", "ms/user"]) + " |",
+             "|" + "---|" * (12 + len(reach))]
     keys = sorted({(r["dataset"], r["model"], r["tag"]) for r in rows})
     for dataset, model, tag in keys:
         group = [r for r in rows if (r["dataset"], r["model"], r["tag"]) == (dataset, model, tag)]
@@ -91,7 +147,7 @@ def summarise(rows: list[dict]) -> str:
             ms([r["test"]["mrr@10"] for r in group]), ms([r["test"]["ndcg@20"] for r in group]),
             f"{np.mean([r['fit']['epochs'] for r in group]):.0f} ({np.mean([r['fit']['best_epoch'] for r in group]):.0f})",
             ms([r["fit"]["seconds_per_epoch"] for r in group], 2), ms([r["fit"]["seconds_to_best"] for r in group], 1),
-            ms([r["wall"] for r in group], 1), ms([r["cost"]["latency_ms"] for r in group], 3),
+            *([seconds_to(target, group)] if target is not None else []), ms([r["wall"] for r in group], 1), ms([r["cost"]["latency_ms"] for r in group], 3),
         ]) + " |")
     return "\n".join(lines)
 
@@ -103,11 +159,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--set", default="{}", help='JSON overrides, e.g. {"train": {"lr": 0.001}}')
     parser.add_argument("--tag", default="")
+    parser.add_argument("--target", type=float, help="also report when each run first reaches this test NDCG@10")
     parser.add_argument("--results", type=Path, default=OUT / "results.jsonl")
+    parser.add_argument("--compare", nargs=2, metavar=("BASELINE_TAG", "OTHER_TAG"),
+                        help="paired test of two tags' saved runs (same datasets, models, seeds); trains nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return run_one(args.child)
+    if args.compare:
+        for dataset in args.datasets:
+            for model in args.models:
+                print(json.dumps(compare(dataset, model, args.seeds, *args.compare)))
+        return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     overrides = json.loads(args.set)
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +188,7 @@ def main() -> None:
                     handle.write(line + "\n")
                 logging.info("%s", line[:300])
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
-    print(summarise(rows))
+    print(summarise(rows, args.target))
 
 
 if __name__ == "__main__":

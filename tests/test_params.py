@@ -133,6 +133,7 @@ def test_every_other_default_is_the_default_runs_value():
         ({"dataset": {"synthetic": {"min_length": 30, "max_length": 10}}}, "min_length must be <= max_length"),
         ({"student": {"hidden": 30, "heads": 4}}, "must be divisible by heads"),
         ({"train": {"window_stride": 60}}, "train.window_stride (60) must be <= student.max_length (50)"),
+        ({"train": {"lr_schedule": "linear"}}, "'train.lr_schedule': Input should be 'constant' or 'cosine'"),
         ({"teachers": {"pod": {"family": "id", "train": {"lrr": 1}}}}, "unknown key 'teachers.pod.train.lrr'; allowed keys here: lr, weight_decay, batch_size, epochs, patience, seed, device, threads, objective,"),
         ({"teachers": {"pod": {"family": "seq2seq", "train": {"lrr": 1}}}}, "unknown key 'teachers.pod.train.lrr'; allowed keys here: lr, weight_decay,"),
         ({"teachers": {"pod": {"family": "gpt"}}}, "'teachers.pod.family': 'gpt' is not a teacher family; expected one of seq2seq, causal, id, text, fusion"),
@@ -197,3 +198,10 @@ def test_distill_teachers_may_name_an_import():
                            "teachers": {"fusion": {"family": "id"}},
                            "imports": {"ext": {"format": "dllm2rec", "path": "ext", "rows": "rows.csv"}}})
     assert params.teacher_names == ["fusion", "ext"]
+
+
+def test_teacher_lr_schedule_reaches_the_students_trainer():
+    from distillrec.teachers.studentbacked import train_params
+    params = parse_params({"teachers": {"t": {"family": "id", "train": {"window_stride": 50, "lr_schedule": "cosine"}}}})
+    train = train_params(params.teachers["t"])
+    assert (train.window_stride, train.lr_schedule) == (50, "cosine")

@@ -65,8 +65,10 @@ def test_same_seed_same_model_and_bce_objective_trains(tmp_path, small_split):
     assert history[-1]["loss"] < history[0]["loss"]
 
 
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, monkeypatch):
-    _, reference = fit(tmp_path, "full", small_split)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, monkeypatch, schedule):
+    fit_ = lambda name: fit(tmp_path, name, small_split, lr_schedule=schedule)  # noqa: E731
+    _, reference = fit_("full")
     original_save = loop_module.Loop._save
     calls = []
 
@@ -78,10 +80,10 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, small_split, m
 
     monkeypatch.setattr(loop_module.Loop, "_save", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        fit(tmp_path, "resumed", small_split)
+        fit_("resumed")
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(loop_module.Loop, "_save", original_save)
-    summary, resumed = fit(tmp_path, "resumed", small_split)
+    summary, resumed = fit_("resumed")
     assert summary["fit"]["epochs"] == 4
     for (name, x), y in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(x, y), name
@@ -195,3 +197,17 @@ def test_after_validation_sees_every_epochs_validation_metrics(tmp_path, small_s
                             plan=lambda _, data: Plan(build_objective(p.train, data), {}, seen.append))
     history = torch.load(tmp_path / "ckpt" / "checkpoint.pt", weights_only=True)["state"]["history"]
     assert summary["fit"]["epochs"] == 3 and [m["ndcg@10"] for m in seen] == [h["ndcg@10"] for h in history]
+
+
+def test_cosine_schedule_scales_each_groups_configured_lr_and_survives_a_resume():
+    from distillrec.train.trainer import cosine_factor, schedule_lr
+    assert [round(cosine_factor(done, 4), 4) for done in (0, 1, 2, 3, 4, 5)] == [1.0, 0.8536, 0.5, 0.1464, 0.0, 0.0]
+    weights = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW([{"params": weights[:1]}, {"params": weights[1:], "lr": 0.1}], lr=1.0)
+    schedule_lr(optimizer, 0.5)
+    schedule_lr(optimizer, 0.25)  # from the configured lr, not compounded
+    assert [g["lr"] for g in optimizer.param_groups] == [0.25, 0.025]
+    resumed = torch.optim.AdamW([{"params": weights[:1]}, {"params": weights[1:], "lr": 0.1}], lr=1.0)
+    resumed.load_state_dict(optimizer.state_dict())  # a checkpoint holds the decayed lr
+    schedule_lr(resumed, 1.0)
+    assert [g["lr"] for g in resumed.param_groups] == [1.0, 0.1]

@@ -147,12 +147,16 @@ class ObjectiveFields(Section):
 
 
 STUDENT_TRAINING = tuple(ObjectiveFields.model_fields)
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULE = Field("constant", description="cosine: the lr decays to 0 over `epochs` (per step); "
+                                            "validation still selects the epoch")
 
 
 class TrainParams(ObjectiveFields):
     """Optimisation of a student; model selection uses the validation split only."""
 
     lr: float = Field(3e-3, gt=0.0)
+    lr_schedule: LrSchedule = LR_SCHEDULE
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(64, ge=1, description="Training windows per step")
     window_stride: int | None = Field(
@@ -297,6 +301,7 @@ class ModelTrainParams(ObjectiveFields, TeacherTrainFields):
     """Training of a teacher built on a student architecture (id, fusion): the students' trainer,
     objectives and validation selection."""
 
+    lr_schedule: LrSchedule = LR_SCHEDULE
     batch_size: int = Field(128, ge=1, description="Training windows per step")
     epochs: int = Field(40, ge=1)
     patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping")

@@ -33,9 +33,9 @@ SCORE = "log-softmax of the model's logit over the full catalogue; higher = bett
 def train_params(cfg: IdTeacherParams | TextTeacherParams | FusionTeacherParams) -> TrainParams:
     """The students' trainer settings from the teacher's `train` section."""
     t = cfg.train
-    return TrainParams(**{name: getattr(t, name) for name in STUDENT_TRAINING}, lr=t.lr, weight_decay=t.weight_decay,
-                       batch_size=t.batch_size, epochs=t.epochs, patience=t.patience, seeds=[t.seed], device=t.device,
-                       threads=t.threads, window_stride=t.window_stride)
+    return TrainParams(**{name: getattr(t, name) for name in STUDENT_TRAINING}, lr=t.lr, lr_schedule=t.lr_schedule,
+                       weight_decay=t.weight_decay, batch_size=t.batch_size, epochs=t.epochs, patience=t.patience,
+                       seeds=[t.seed], device=t.device, threads=t.threads, window_stride=t.window_stride)
 
 
 def export_student(model: Student, data: TeacherData, examples: pl.DataFrame, cfg: TeacherExportParams,

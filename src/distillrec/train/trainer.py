@@ -70,6 +70,19 @@ def adamw(params: Iterable, lr: float, weight_decay: float) -> torch.optim.AdamW
     return optimizer
 
 
+def cosine_factor(done: float, epochs: int) -> float:
+    """lr multiplier after `done` epochs of a cosine decay from 1 to 0 over `epochs`: a high lr early,
+    annealed late, reaches a good model in a fixed, small number of epochs (docs/methods.md §5)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(done / epochs, 1.0)))
+
+
+def schedule_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Each group's lr = factor x its configured lr (kept in the group, so a resumed checkpoint keeps it).
+    The factor depends only on the step, never on state, so resuming continues the same schedule."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("configured_lr", group["lr"]) * factor
+
+
 def _mark_written(optimizer: torch.optim.Optimizer, *_: object) -> None:
     """The fused kernel writes the parameters it steps (those with a gradient) without bumping their
     version counters; caches keyed on those (the text and fusion teachers' item tables,
@@ -109,7 +122,9 @@ class Trainer:
         batches = self.parallel.shard(batch_order(self.lengths, self.cfg.batch_size, self.cfg.batching, generator))
         totals: dict[str, float] = {}
         seen = 0
-        for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
+        for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None)):
+            if self.cfg.lr_schedule == "cosine":
+                schedule_lr(self.optimizer, cosine_factor(epoch - 1 + step / len(batches), self.cfg.epochs))
             inputs, targets = model.training_pair(self.windows[idx], generator)
             column = torch.arange(targets.shape[1])
             if model.causal:  # targets already supervised by a later window
