@@ -97,17 +97,18 @@ def track_test_quality(model, data, params, trajectory: list[list[float]]) -> Ca
 
     from distillrec.train.metrics import metrics_from_ranks
     from distillrec.train.ranking import rank_split, student_scorer
-    started, metric, epochs = time.perf_counter(), params.train.select_metric, []
+    started, metric, epoch = time.perf_counter(), params.train.select_metric, 0
 
     def record(valid: dict[str, float]) -> None:
-        epochs.append(valid)
+        nonlocal epoch
+        epoch += 1
         if trajectory and valid[metric] <= trajectory[-1][2]:
             return
         begin = time.perf_counter()
         _, ranks = rank_split(student_scorer(model), data, "test", params.student.max_length,
                               params.evaluate.batch_size, torch.device("cpu"))
         spent = sum(row[-1] for row in trajectory)
-        trajectory.append([begin - started - spent, len(epochs), valid[metric],
+        trajectory.append([begin - started - spent, epoch, valid[metric],
                            metrics_from_ranks(ranks, [10])["ndcg@10"], time.perf_counter() - begin])
 
     return record
@@ -134,9 +135,9 @@ def compare(dataset: str, model: str, seeds: list[int], baseline: str, other: st
 
 def summarise(rows: list[dict], target: float | None = None) -> str:
     reach = [f"s to test NDCG@10 ≥ {target} (each run)"] if target is not None else []
-    lines = ["| " + " | ".join(["dataset", "model", "runs", "test HR@10", "test NDCG@10", "test MRR@10", "test NDCG@20",
-                                "epochs (best)", "s/epoch", "s to best", *reach, "total s", "ms/user"]) + " |",
-             "|" + "---|" * (12 + len(reach))]
+    header = ["dataset", "model", "runs", "test HR@10", "test NDCG@10", "test MRR@10", "test NDCG@20",
+              "epochs (best)", "s/epoch", "s to best", *reach, "total s", "ms/user"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = sorted({(r["dataset"], r["model"], r["tag"]) for r in rows})
     for dataset, model, tag in keys:
         group = [r for r in rows if (r["dataset"], r["model"], r["tag"]) == (dataset, model, tag)]

@@ -77,10 +77,12 @@ def cosine_factor(done: float, epochs: int) -> float:
 
 
 def schedule_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Each group's lr = factor x its configured lr (kept in the group, so a resumed checkpoint keeps it).
-    The factor depends only on the step, never on state, so resuming continues the same schedule."""
+    """Each group's lr = factor x its configured lr, kept in the group under torch's schedulers' key
+    `initial_lr` (so a resumed checkpoint keeps it). The factor depends only on the step, never on
+    state, so resuming continues the same schedule (a stateful `LRScheduler` would need its own
+    checkpoint entry)."""
     for group in optimizer.param_groups:
-        group["lr"] = group.setdefault("configured_lr", group["lr"]) * factor
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
 def _mark_written(optimizer: torch.optim.Optimizer, *_: object) -> None:
