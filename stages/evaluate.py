@@ -31,10 +31,15 @@ def main(params):
                        / f"{params.train.select_metric}.tsv")
     evaluator.compare("baseline", cfg.compare_metric)
     buckets = evaluator.by_bucket("baseline", cfg.compare_metric)
+    if params.distill.runs:  # the distilled student a user should take, chosen on validation only
+        evaluator.add_auto(params.auto_candidates, cfg.compare_metric, buckets)
     protocol = ("Full ranking over all items, chronological leave-one-out, ties counted against the "
                 f"model; history items {'excluded' if cfg.exclude_history else 'not excluded'}. Students: mean "
                 f"± std over seeds {params.train.seeds}; gain and p (paired t-test over users) on "
-                f"{cfg.compare_metric} against the baseline.")
+                f"{cfg.compare_metric} against the baseline, p Holm: Holm–Bonferroni over the table's rows, "
+                f"p perm: a paired sign-flip permutation test ({cfg.permutation_resamples} flips) as a check. "
+                f"Row auto: the distilled row with the best validation {cfg.compare_metric} "
+                f"(candidates: {', '.join(params.auto_candidates)}); test never chooses.")
     write_reports(evaluator.table, evaluator.rank_table(), cfg.ks, protocol, "metrics", buckets,
                   teachers=teachers, curve_files=curves)
 

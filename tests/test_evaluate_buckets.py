@@ -1,5 +1,6 @@
 """Test metrics within buckets of users: tail/head target items, short/long histories."""
 
+import itertools
 import json
 import math
 
@@ -11,8 +12,9 @@ from scipy import stats
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import ParamsError
 from distillrec.evaluate.buckets import assign_buckets, bucket_metrics, compare_buckets, tail_items
-from distillrec.evaluate.compare import paired_comparison
+from distillrec.evaluate.compare import holm, paired_comparison, sign_flip_p
 from distillrec.evaluate.evaluation import Evaluator
+from distillrec.evaluate.headline import neg_log10
 from distillrec.evaluate.report import write_reports
 from distillrec.params import BucketParams, EvaluateParams, parse_params
 
@@ -190,7 +192,7 @@ def test_evaluator_buckets_teacher_nulls_are_misses_and_seeds_are_averaged(proce
                                  [np.array([1, 2, 1, 3]), np.array([1, 1, 2, 7])], "ndcg@10", mask)
     assert kd["long"]["gain"] == pytest.approx(expected["gain"]) and kd["long"]["p"] == expected["p_value"]
     assert report.headline("kd")["long"] == {"ndcg@10": kd["long"]["ndcg@10"], "gain": kd["long"]["gain"],
-                                             "p": kd["long"]["p"]}
+                                             "p": kd["long"]["p"], "p_holm": kd["long"]["p"]}  # one row tested
     assert report.headline("teacher-t")["tail"] == {"ndcg@10": None}
 
 
@@ -210,11 +212,11 @@ def test_write_reports_adds_compact_buckets_to_details_and_full_ones_to_csv_and_
     assert evaluation["buckets"]["users"] == {"tail": 3, "head": 1, "short": 2, "long": 2}
     assert evaluation["buckets"]["tail_share"] == 0.5 and evaluation["buckets"]["short_history"] == 4
     assert set(evaluation["kd"]["buckets"]) == {"tail", "head", "short", "long"}
-    assert set(evaluation["kd"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p"}
+    assert set(evaluation["kd"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p", "p_holm"}
     assert set(evaluation["baseline"]["buckets"]["head"]) == {"ndcg@10"}
     csv = pl.read_csv(tmp_path / "metrics" / "buckets.csv")
     assert csv.columns == ["row", "bucket", "users", *[f"{m}@{k}" for k in (1, 5, 10) for m in ("hr", "ndcg", "mrr")],
-                           "gain", "p"]
+                           "gain", "p", "p_holm"]
     assert csv.height == 3 * 4
     kd_long = csv.filter((pl.col("row") == "kd") & (pl.col("bucket") == "long")).row(0, named=True)
     assert kd_long["users"] == 2 and kd_long["ndcg@10"] == pytest.approx(report.rows["kd"]["long"]["ndcg@10"])
@@ -222,17 +224,27 @@ def test_write_reports_adds_compact_buckets_to_details_and_full_ones_to_csv_and_
     assert csv.filter(pl.col("row") == "teacher-t")["ndcg@10"].null_count() == 4
     md = (tmp_path / "metrics" / "report.md").read_text()
     assert "## By item popularity and history length (test, ndcg@10)" in md
-    assert "| row | tail (n=3) | gain | p | head (n=1) | gain | p |" in md
+    assert "| row | tail (n=3) | gain | p (Holm) | head (n=1) | gain | p (Holm) |" in md
     assert "| kd | long | 2 |" in md
 
 
-def _written(processed, folder):
+def _written(processed, folder, valid=None, rows=None):
+    """Reports of the tiny evaluator; `valid` (row -> validation value) and `rows` (extra student
+    rows: name -> per-seed test ranks) set up row auto's choice."""
     evaluator = _evaluator(processed)
+    for name, per_run in (rows or {}).items():
+        for seed, ranks in enumerate(per_run):
+            evaluator.ranks[f"{name}/seed{seed}"] = np.array(ranks)
+        evaluator.table[name] = {"cost": evaluator.table["kd"]["cost"],
+                                 "runs": {f"seed{s}": {} for s in range(len(per_run))}}
+    valid = {"kd": 0.5, "baseline": 0.4} | (valid or {})
     for name, row in evaluator.table.items():
         value = {"kd": 0.6, "baseline": 0.4}.get(name, 0.3)
         row["test"] = {f"{m}@{k}": value for k in (1, 5, 10) for m in ("hr", "ndcg", "mrr")}
+        row["valid"] = {f"{m}@{k}": valid.get(name, 0.2) for k in (1, 5, 10) for m in ("hr", "ndcg", "mrr")}
     evaluator.compare("baseline", "ndcg@10")
     report = evaluator.by_bucket("baseline", "ndcg@10")
+    evaluator.add_auto(["kd", *(rows or {})], "ndcg@10", report)
     write_reports(evaluator.table, evaluator.rank_table(), [1, 5, 10], "protocol", folder, report,
                   teachers=["teacher-t"])
     return evaluator
@@ -242,16 +254,71 @@ def test_headline_metrics_are_small_and_share_one_set_of_keys(processed, tmp_pat
     evaluator = _written(processed, tmp_path / "metrics")
     story = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     kd = evaluator.table["kd"]["vs_baseline"]
-    assert story == {"best": "kd", "ndcg@10": 0.6, "gain": round(kd["gain"], 4), "p": kd["p_value"],
+    versus = {"gain": round(kd["gain"], 4), "p": kd["p_value"], "p_holm": kd["p_holm"],
+              "neg_log10_p": round(-math.log10(kd["p_value"]), 2)}
+    assert story == {"best": "kd", "ndcg@10": 0.6, **versus,
                      "tail_gain": round(evaluator.by_bucket("baseline", "ndcg@10").rows["kd"]["tail"]["gain"], 4),
-                     "teacher": "teacher-t", "teacher_gain": None}  # a top 5 is not compared on ndcg@10
+                     "teacher": "teacher-t"}
     rows = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "metrics" / "rows").glob("*.json")}
-    assert set(rows) == {"teacher-t", "baseline", "kd"}
-    keys = {"hr@10", "ndcg@10", "mrr@10", "gain", "p", "params"}   # no timings: they differ on every run
+    assert set(rows) == {"teacher-t", "baseline", "kd", "auto"}
+    keys = {"hr@10", "ndcg@10", "valid_ndcg@10", "gain", "p", "p_holm", "neg_log10_p", "params"}
     assert all(set(row) == keys for row in rows.values())  # one shared set of columns in `dvc metrics show`
     assert rows["kd"]["ndcg@10"] == 0.6 and rows["kd"]["gain"] == round(kd["gain"], 4)
-    assert set(story) - keys == {"best", "tail_gain", "teacher", "teacher_gain"}  # few columns in all
-    assert rows["baseline"]["gain"] is None and rows["kd"]["params"] == 0
+    assert rows["kd"]["valid_ndcg@10"] == 0.5 and rows["auto"] == rows["kd"]
+    assert set(story) - keys == {"best", "tail_gain", "teacher"}  # few columns in all
+    assert rows["baseline"]["gain"] is None and rows["kd"]["params"] == 0  # no timings: they differ every run
+
+
+def test_auto_is_chosen_on_validation_and_never_on_test(processed, tmp_path):
+    """kd is best on test (0.6) but kd2 on validation (0.55 > 0.5): auto, the story and the report
+    take kd2; auto is not a second hypothesis in Holm's family."""
+    evaluator = _written(processed, tmp_path / "metrics", valid={"kd2": 0.55},
+                         rows={"kd2": [[1, 3, 2, 9], [2, 1, 3, 9]]})
+    auto = evaluator.table["auto"]
+    assert auto["selection"] == {"chosen": "kd2", "metric": "valid ndcg@10",
+                                 "candidates": {"kd": 0.5, "kd2": 0.55}}
+    assert auto["vs_baseline"] == evaluator.table["kd2"]["vs_baseline"]
+    story = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert story["best"] == "kd2" and story["ndcg@10"] == 0.3
+    tested = {name: row["vs_baseline"]["p_value"] for name, row in evaluator.table.items()
+              if "vs_baseline" in row and name != "auto"}
+    assert {name: evaluator.table[name]["vs_baseline"]["p_holm"] for name in tested} == holm(tested)
+    assert set(tested) == {"kd", "kd2"}  # the teacher's top 5 is not compared on ndcg@10
+    md = (tmp_path / "metrics" / "report.md").read_text()
+    assert "| auto → kd2 | 0, 1 |" in md
+    assert "Row `auto` is **kd2**: the best valid ndcg@10 (mean over seeds) among kd2 0.5500, kd 0.5000" in md
+    # a tie goes to the first declared candidate
+    evaluator.table["kd2"]["valid"]["ndcg@10"] = 0.5
+    assert evaluator.add_auto(["kd", "kd2"], "ndcg@10") == "kd"
+    evaluator.table["kd2"]["valid"].pop("ndcg@10")
+    with pytest.raises(ValueError, match=r"auto: rows \['kd2'\] have no validation ndcg@10"):
+        evaluator.add_auto(["kd", "kd2"], "ndcg@10")
+
+
+def test_holm_adjusts_in_step_down_order_and_skips_untested_rows():
+    assert holm({"a": 0.01, "b": 0.04, "c": None, "d": 0.03}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": None, "d": 0.06})  # b: max(0.04 x 1, d's 0.03 x 2)
+    assert holm({"a": 0.6, "b": 0.9}) == {"a": 1.0, "b": 1.0}  # capped at 1
+    assert holm({}) == {}
+
+
+def test_sign_flip_p_matches_exact_enumeration_and_is_seeded():
+    diff = np.array([0.0, 0.5, 0.0, 0.3, -0.1, 0.4, 0.0, 0.2, 0.25, -0.05])
+    moved = diff[diff != 0]
+    flips = np.array(list(itertools.product([1, -1], repeat=len(moved))))
+    null = np.abs((flips * moved).mean(1))
+    exact = np.mean(null >= abs(moved.mean()) - 1e-12)
+    assert sign_flip_p(diff, 9999) == pytest.approx(exact)  # scipy enumerates 2^8 < 9999 flips exactly
+    rng = np.random.default_rng(0)
+    big = np.where(rng.random(400) < 0.3, rng.normal(0.03, 0.2, 400), 0.0)
+    assert sign_flip_p(big, 999) == sign_flip_p(big, 999)  # a fixed generator: the same p every run
+    assert abs(sign_flip_p(big, 4999) - stats.ttest_1samp(big, 0).pvalue) < 0.03
+    assert sign_flip_p(np.zeros(5), 99) == 1.0
+
+
+def test_neg_log10_p_survives_dvc_rounding():
+    assert neg_log10(3e-13) == 12.52 and neg_log10(2e-10) == 9.7 and neg_log10(None) is None
+    assert neg_log10(0.0) == 300.0 and neg_log10(1.0) == 0.0
 
 
 def test_figures_are_pngs_linked_from_the_report_and_identical_on_rewrite(processed, tmp_path):
@@ -264,7 +331,7 @@ def test_figures_are_pngs_linked_from_the_report_and_identical_on_rewrite(proces
         assert data == (tmp_path / "b" / "figures" / name).read_bytes()
     md = (tmp_path / "a" / "report.md").read_text()
     assert all(f"](figures/{name})" in md for name in names)
-    assert "## Headline (test, ndcg@10)" in md and "| kd | 0.6000 | 0.6000 | 0.6000 | +" in md
+    assert "## Headline (test, ndcg@10)" in md and "| kd | 0, 1 | 0.6000 | 0.6000 | 0.6000 | +" in md
     assert "| 1000 | 0 |" in md   # ms/user (1 user/s) and parameters close each row
 
 

@@ -108,7 +108,7 @@ def test_teacher_defaults_are_the_default_runs_values():
 
 # what params.yaml fills in on purpose: the default run's named entries and the names that point at them
 NAMED = {"embed", "teachers", "imports", "distill.methods", "distill.teachers", "distill.dllm2rec.ed_table",
-         "distill.llm_init.embedding"}
+         "distill.llm_init.embedding", "tune.own"}  # tune.own: an axis per row of distill.methods
 
 
 def test_every_other_default_is_the_default_runs_value():
@@ -164,6 +164,11 @@ def test_every_other_default_is_the_default_runs_value():
         ({"imports": {"x": {"format": "parquet"}}}, "'imports.x.path': Field required"),
         ({"imports": {"x": {"path": "ext", "bogus": 1}}}, "unknown key 'imports.x.bogus'; allowed keys here: format, path, rows, item_ids"),
         ({"imports": {"t": {"path": "ext"}}, "teachers": {"t": {"family": "id"}}}, "t: named under both teachers and imports"),
+        ({"evaluate": {"auto": ["prmkd"]}, "distill": {"methods": ["logit_kd"], "teachers": ["t"]},
+          "imports": {"t": {"path": "ext"}}}, "evaluate.auto ['prmkd']: name rows the DAG trains (distill.methods and "
+                                              "llm_init+<combine>: logit_kd), or null for all of them"),
+        ({"evaluate": {"auto": []}}, "evaluate.auto []: name rows the DAG trains"),
+        ({"evaluate": {"permutation_resamples": -1}}, "'evaluate.permutation_resamples': Input should be greater than or equal to 0"),
         ({"distill": {"methods": ["prmkd"], "teachers": ["t", "nope"]}, "imports": {"t": {"path": "ext"}}},
          "distill.teachers ['nope'] are not configured under teachers or imports (configured: t)"),
     ],

@@ -63,7 +63,7 @@ def repo(tmp_path_factory):
 
 TEACHERS = ("fusion", "llm")
 METHODS = ("dllm2rec", "prmkd", "feature", "logit_kd", "llm_init")
-ROW_KEYS = {"hr@10", "ndcg@10", "mrr@10", "gain", "p", "params"}
+ROW_KEYS = {"hr@10", "ndcg@10", "valid_ndcg@10", "gain", "p", "p_holm", "neg_log10_p", "params"}
 
 
 def _keys(node) -> int:
@@ -74,17 +74,17 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
     students = {"train_student@42", *(f"distill@{m}-42" for m in METHODS)}
     teachers = {f"{stage}@{t}" for t in TEACHERS for stage in ("train_teacher", "export_teacher")}
-    assert _ran(first) == {"ingest", "split", "embed_items@minilm", *teachers, *students, "evaluate"}
+    assert _ran(first) == {"check_params", "ingest", "split", "embed_items@minilm", *teachers, *students, "evaluate"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 2_000
     # the headline: a one-line story and one small file per row, all with the same keys
     story = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert set(story) == {"best", "ndcg@10", "gain", "p", "tail_gain", "teacher", "teacher_gain"}
+    assert set(story) == {"best", "ndcg@10", "gain", "p", "p_holm", "neg_log10_p", "tail_gain", "teacher"}
     assert story["best"] in METHODS and story["teacher"] in {f"teacher-{t}" for t in TEACHERS}
     rows = {p.stem: json.loads(p.read_text()) for p in (repo / "metrics" / "rows").glob("*.json")}
-    assert set(rows) == {"popularity", *(f"teacher-{t}" for t in TEACHERS), "baseline", *METHODS}
+    assert set(rows) == {"popularity", *(f"teacher-{t}" for t in TEACHERS), "baseline", *METHODS, "auto"}
     assert all(set(row) == ROW_KEYS for row in rows.values())
-    assert _keys(story) + _keys(rows) < 100
+    assert _keys(story) + _keys(rows) < 100  # 10 rows x 8 keys + the story's 8
     assert 0 < rows["baseline"]["ndcg@10"] <= 1 and rows["baseline"]["gain"] is None
     details = json.loads((repo / "metrics" / "details.json").read_text())
     ci = details["dllm2rec"]["vs_baseline"]
@@ -105,29 +105,39 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     assert (repo / "models" / "students" / "sasrec-none" / "seed42" / "model.pt").is_file()
     assert _ran(_run(["dvc", "repro"], repo)) == set()
     _set(repo, "distill.logit_kd.temperature", 3.0)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@logit_kd-42", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@logit_kd-42", "evaluate"}
     _set(repo, "distill.llm_init.scale", 0.05)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@llm_init-42", "evaluate"}
     _set(repo, "teachers.llm.export.top_k", 20)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"export_teacher@llm", *students - {"train_student@42"}, "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "export_teacher@llm", *students - {"train_student@42"},
+                                                  "evaluate"}
     _set(repo, "distill.llm_init.combine", ["logit_kd"])
-    assert _ran(_run(["dvc", "repro"], repo)) == {"distill@llm_init-42", "distill_llm_init@logit_kd-42", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@llm_init-42", "distill_llm_init@logit_kd-42",
+                                                  "evaluate"}
     assert (repo / "metrics" / "rows" / "llm_init+logit_kd.json").is_file()
     _set(repo, "split.item_core", 3)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"split", "embed_items@minilm", *teachers, *students,
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "split", "embed_items@minilm", *teachers, *students,
                                                   "distill_llm_init@logit_kd-42", "evaluate"}
     _set(repo, "evaluate.ks", [1, 10])
-    assert _ran(_run(["dvc", "repro"], repo)) == {"evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "evaluate"}
 
 
-def test_bad_param_fails_the_stage_with_the_key(repo):
-    _set(repo, "split.usr_core", 3)
+@pytest.mark.parametrize(("key", "value", "message", "kept"), [
+    ("split.usr_core", 3, "unknown key 'split.usr_core'", "data/processed"),
+    ("train.lr", -1.0, "'train.lr': Input should be greater than 0", "models/students/sasrec-none/seed42/model.pt"),
+])
+def test_bad_param_fails_first_and_leaves_every_output(repo, key, value, message, kept):
+    """check_params runs before the stage that reads the key: DVC has deleted none of its outputs."""
+    assert (repo / kept).exists()
+    before = (repo / "params.yaml").read_text()
+    _set(repo, key, value)
     result = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "unknown key 'split.usr_core'" in result.stdout + result.stderr
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    del params["split"]["usr_core"]
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert message in result.stdout + result.stderr
+    assert _ran(result.stdout + result.stderr) == {"check_params"}
+    assert (repo / kept).exists()
+    (repo / "params.yaml").write_text(before)
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params"}  # the same stamp: nothing else re-runs
 
 
 def test_real_movielens_100k_through_the_dag(repo):

@@ -6,6 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import platform
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -385,3 +389,16 @@ def test_training_refuses_a_checkpoint_folder_another_run_is_writing(tmp_path, s
     train_student(params, small_split, tmp_path / "out", ckpt, tmp_path / "live")
     assert not (ckpt / LOCK).exists() and (ckpt / "checkpoint.pt").is_file()
 
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pins apply to x86-64 only")
+def test_importing_distillrec_pins_torchs_cpu_kernels_to_avx2_unless_the_user_chose():
+    """Other machines' CPUs pick other kernels (docs/reliability.md): the package pins them first."""
+    probe = ("import os, distillrec, torch; print(torch.backends.cpu.get_cpu_capability(), "
+             "os.environ['MKL_CBWR'], os.environ['ONEDNN_MAX_CPU_ISA'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["AVX2", "AVX2", "AVX2"]
+    chosen = subprocess.run([sys.executable, "-c", probe], env=env | {"ATEN_CPU_CAPABILITY": "default"},
+                            capture_output=True, text=True, check=True).stdout
+    assert chosen.split()[0] == "DEFAULT"

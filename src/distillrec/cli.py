@@ -1,4 +1,5 @@
-"""`python -m distillrec recommend`: top-K items for a history from a saved student."""
+"""`python -m distillrec recommend`: top-K items for a history from a saved student; `plots` and
+`tune` hand over to their tools (distillrec/plots.py, distillrec/tune.py)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,19 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--history", required=True, help="comma-separated item ids, oldest first (ids as in the raw data)")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--keep-seen", action="store_true", help="allow items already in the history")
+    commands.add_parser("plots", add_help=False, help="dvc plots show|diff as SVG/PNG and an index.html that opens "
+                        "offline (`distillrec plots show --help`)")
+    commands.add_parser("tune", add_help=False, help="the same tuning budget for every row through DVC's queue "
+                        "(`distillrec tune --help`)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plots"]:
+        from distillrec.plots import main as plots  # vl-convert loads only for this command
+        plots(argv[1:])
+        return
+    if argv[:1] == ["tune"]:
+        from distillrec.tune import main as tune
+        tune(argv[1:])
+        return
     args = parser.parse_args(argv)
     setup_logging(logging.WARNING)
     if args.k < 1:

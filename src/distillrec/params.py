@@ -672,6 +672,11 @@ class EvaluateParams(Section):
     batch_size: int = Field(1024, ge=1)
     latency_batch_size: int = Field(1, ge=1, description="Users per call when timing inference")
     latency_repeats: int = Field(50, ge=1, description="Timed calls for ms/user")
+    permutation_resamples: int = Field(9999, ge=0, description=(
+        "Sign flips of the paired permutation test that checks each row's t-test (0 = off)"))
+    auto: list[str] | None = Field(None, description=(
+        "Candidates of row `auto`, the distilled row with the best validation compare_metric "
+        "(null = every distilled row)"))
     buckets: BucketParams = BucketParams()
 
     @model_validator(mode="after")
@@ -679,6 +684,45 @@ class EvaluateParams(Section):
         if any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise ValueError("ks must be distinct positive integers")
         _check_metric(self.compare_metric)
+        return self
+
+
+Axis = dict[str, list[Any]]  # dotted params key -> the values searched, e.g. {"train.lr": [0.001, 0.003]}
+
+
+class TuneParams(Section):
+    """An equal tuning budget for every row, run through DVC's experiment queue (`python -m distillrec
+    tune`, docs/evaluation.md): experiment (g, j) sets point g of `grid` and the j-th value of every
+    row's own axis, so each row is trained at len(grid points) x len(own axis) settings, and each is
+    chosen on validation."""
+
+    grid: Axis = Field({"student.dropout": [0.2, 0.5], "train.lr": [0.001, 0.003]},
+                       description="Shared axes: every combination is searched for every row")
+    own: dict[str, Axis] = Field({}, description="Each row's own knob (the baseline's too), zipped: every list "
+                                                 "has one length, so every row gets the same number of points")
+    seeds: list[int] = Field([42], min_length=1, description="Seeds of each searched point")
+    final_seeds: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="Seeds of each row's chosen point")
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneParams:
+        axes = {f"grid.{key}": values for key, values in self.grid.items()}
+        axes |= {f"own.{row}.{key}": values for row, axis in self.own.items() for key, values in axis.items()}
+        for name, values in axes.items():
+            if not values or len(values) != len(set(map(repr, values))):
+                raise ValueError(f"tune.{name}: give distinct values, got {values}")
+        lengths = {len(values) for axis in self.own.values() for values in axis.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"tune.own: every row's axis needs the same number of values (the rows' budgets are "
+                             f"equal), got lengths {sorted(lengths)}")
+        shared = {}
+        for row, axis in self.own.items():
+            if not axis:
+                raise ValueError(f"tune.own.{row}: give at least one key")
+            for key, values in axis.items():
+                if key in self.grid:
+                    raise ValueError(f"tune.own.{row}.{key} is also a grid axis")
+                if shared.setdefault(key, values) != values:
+                    raise ValueError(f"tune.own: {key} is set by several rows with different values")
         return self
 
 
@@ -693,6 +737,12 @@ class Params(Section):
     embed: dict[str, EmbedParams] = {}
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
+    tune: TuneParams = TuneParams()
+
+    @property
+    def auto_candidates(self) -> list[str]:
+        """The distilled rows row `auto` chooses among on validation (`evaluate.auto`, null = all)."""
+        return self.distill.runs if self.evaluate.auto is None else self.evaluate.auto
 
     @property
     def teacher_names(self) -> list[str]:
@@ -717,6 +767,15 @@ class Params(Section):
             raise ValueError(f"distill.teachers {unknown} are not configured under teachers or imports "
                              f"(configured: {', '.join(self.teacher_names) or 'none'})")
         self._check_embeddings()
+        rows = ["baseline", *self.distill.runs]
+        untuned = [row for row in rows if row not in self.tune.own]
+        if self.tune.own and untuned:
+            raise ValueError(f"tune.own has no axis for rows {untuned} that the DAG trains: give each row an own "
+                             f"axis (the same budget for every row)")
+        foreign = [name for name in self.evaluate.auto or [] if name not in self.distill.runs]
+        if foreign or self.evaluate.auto == [] or len(set(self.evaluate.auto or [])) != len(self.evaluate.auto or []):
+            raise ValueError(f"evaluate.auto {self.evaluate.auto}: name rows the DAG trains (distill.methods and "
+                             f"llm_init+<combine>: {', '.join(self.distill.runs) or 'none'}), or null for all of them")
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
             raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "

@@ -85,9 +85,10 @@ def compare_buckets(baseline: list[np.ndarray], other: list[np.ndarray], metric:
 
 @dataclass(frozen=True)
 class BucketReport:
-    """Bucket metrics of every row: `rows[row][bucket]` = {users, <metric@k>..., [gain, p]}.
+    """Bucket metrics of every row: `rows[row][bucket]` = {users, <metric@k>..., [gain, p, p_holm]}.
 
-    `gain` and `p` (on `metric`, against the baseline) exist for the rows compared to it.
+    `gain`, `p` and Holm's `p_holm` over the bucket's rows (on `metric`, against the baseline) exist
+    for the rows compared to it.
     """
 
     info: dict[str, Any]
@@ -97,11 +98,12 @@ class BucketReport:
 
     def headline(self, row: str) -> dict[str, dict[str, Any]]:
         """eval.json's per-row `buckets`: the compare metric (and gain, p) per bucket."""
-        return {bucket: {key: entry[key] for key in (self.metric, "gain", "p") if key in entry}
+        return {bucket: {key: entry[key] for key in (self.metric, "gain", "p", "p_holm") if key in entry}
                 for bucket, entry in self.rows[row].items()}
 
     def records(self) -> list[dict[str, Any]]:
-        """One flat record per (row, bucket): row, bucket, users, metrics, gain, p."""
+        """One flat record per (row, bucket): row, bucket, users, metrics, gain, p, p_holm."""
         return [{"row": row, "bucket": bucket, "users": entry["users"],
-                 **{m: entry[m] for m in self.metrics}, "gain": entry.get("gain"), "p": entry.get("p")}
+                 **{m: entry[m] for m in self.metrics}, "gain": entry.get("gain"), "p": entry.get("p"),
+                 "p_holm": entry.get("p_holm")}
                 for row, buckets in self.rows.items() for bucket, entry in buckets.items()]

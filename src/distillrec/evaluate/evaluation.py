@@ -7,6 +7,7 @@ and metrics can be broken down by bucket of users (evaluate/buckets.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from distillrec.data.splitdata import SplitData
 from distillrec.evaluate.buckets import BucketReport, assign_buckets, bucket_metrics, compare_buckets
-from distillrec.evaluate.compare import aggregate, paired_comparison
+from distillrec.evaluate.compare import aggregate, holm, paired_comparison
 from distillrec.evaluate.cost import inference_cost
 from distillrec.evaluate.listed import listed_metrics
 from distillrec.evaluate.text_metrics import explanation_metrics
@@ -52,6 +53,7 @@ class Evaluator:
         self.table: dict[str, Any] = {}
         self.ranks: dict[str, np.ndarray] = {"user_idx": self.data.targets("test")[0]}
         self.listed: dict[str, int] = {}  # rows that rank only their top K (teachers): K, 0 = no test rows
+        self.ks = sorted({*cfg.ks, int(cfg.compare_metric.split("@")[1])})  # valid: choices use compare_metric
 
     def _evaluate(self, name: str, scorer: Scorer, max_length: int, cost: dict[str, Any]) -> dict[str, Any]:
         """Metrics and cost of one scorer; its per-user test ranks are kept under `name`."""
@@ -60,7 +62,7 @@ class Evaluator:
         for split in ("valid", "test"):
             _, ranks = rank_split(scorer, self.data, split, max_length, cfg.batch_size, self.device,
                                   cfg.exclude_history)
-            row[split] = metrics_from_ranks(ranks, cfg.ks)
+            row[split] = metrics_from_ranks(ranks, self.ks)
         self.ranks[name] = ranks.numpy()
         row["cost"] = cost | inference_cost(scorer, self.data, max_length, cfg.latency_batch_size,
                                             cfg.latency_repeats, cfg.batch_size, self.device)
@@ -78,7 +80,7 @@ class Evaluator:
         export = TeacherExport(folder)
         row: dict[str, Any] = {}
         for split in ("valid", "test"):
-            ranks, row[split] = listed_metrics(export, self.data, split, self.cfg.ks, self.cfg.exclude_history)
+            ranks, row[split] = listed_metrics(export, self.data, split, self.ks, self.cfg.exclude_history)
         self.ranks[name] = pl.Series(name, ranks).replace(0, None)  # null: beyond the top K
         info = export.info
         self.listed[name] = int(info["top_k"]) if any(v is not None for v in row["test"].values()) else 0
@@ -103,13 +105,37 @@ class Evaluator:
         self._store(name, aggregate({run: self._student(f"{name}/{run}", folder) for run, folder in folders.items()}))
 
     def compare(self, baseline: str, metric: str) -> None:
-        """Gain over `baseline`, its interval and the paired p-value for every other row (a
-        teacher's users beyond its top K count as misses; a top K shorter than the metric's K, or
-        no test lists, is not compared)."""
+        """Gain over `baseline`, its interval, the paired p-value (and the permutation check's) for
+        every other row, and Holm's adjusted p over all of them (a teacher's users beyond its top K
+        count as misses; a top K shorter than the metric's K, or no test lists, is not compared)."""
         base = self._row_ranks(baseline)
         for name in self.table:
             if name != baseline and self._comparable(name, metric):
-                self.table[name]["vs_baseline"] = paired_comparison(base, self._row_ranks(name), metric)
+                self.table[name]["vs_baseline"] = paired_comparison(base, self._row_ranks(name), metric,
+                                                                    resamples=self.cfg.permutation_resamples)
+        compared = {name: row["vs_baseline"]["p_value"] for name, row in self.table.items()
+                    if "vs_baseline" in row and "selection" not in row}
+        for name, adjusted in holm(compared).items():
+            self.table[name]["vs_baseline"]["p_holm"] = adjusted
+        if "auto" in self.table:
+            self.table["auto"]["vs_baseline"] = self.table[self.table["auto"]["selection"]["chosen"]]["vs_baseline"]
+
+    def add_auto(self, candidates: list[str], metric: str, buckets: BucketReport | None = None) -> str:
+        """Row `auto`: the candidate with the best mean validation `metric`, chosen before any test
+        figure is read; its test figures are that row's (the test only measures the choice). Added
+        after `compare`, so it is not a second hypothesis in Holm's family."""
+        scores = {name: self.table[name]["valid"].get(metric) for name in candidates}
+        missing = [name for name, value in scores.items() if value is None]
+        if missing:
+            raise ValueError(f"auto: rows {missing} have no validation {metric}")
+        chosen = max(candidates, key=lambda name: scores[name])  # ties: the first declared
+        self.table["auto"] = copy.deepcopy(self.table[chosen]) | {
+            "selection": {"chosen": chosen, "metric": f"valid {metric}", "candidates": scores}}
+        if buckets is not None:
+            buckets.rows["auto"] = copy.deepcopy(buckets.rows[chosen])
+        log.info("auto: %s (validation %s %s)", chosen, metric,
+                 ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+        return chosen
 
     def _comparable(self, name: str, metric: str) -> bool:
         k = int(metric.split("@")[1])
@@ -118,6 +144,8 @@ class Evaluator:
     def _row_ranks(self, name: str) -> list[np.ndarray]:
         """Per-user test ranks of a row, one array per run; a null rank (beyond a top K) is a miss."""
         row = self.table[name]
+        if "selection" in row:  # row auto: its choice's ranks
+            return self._row_ranks(row["selection"]["chosen"])
         keys = [f"{name}/{run}" for run in row["runs"]] if "runs" in row else [name]
         miss = self.data.n_items + 1
         return [np.array(pl.Series(self.ranks[key]).fill_null(miss).to_numpy()) for key in keys]
@@ -140,6 +168,11 @@ class Evaluator:
             if base is not None and name != baseline and self._comparable(name, metric):
                 for bucket, versus in compare_buckets(base, ranks, metric, masks).items():
                     rows[name][bucket].update(versus)
+        for bucket in masks:  # Holm over the rows of each bucket's column (auto is its choice)
+            tested = {name: row[bucket]["p"] for name, row in rows.items()
+                      if "p" in row[bucket] and "selection" not in self.table[name]}
+            for name, adjusted in holm(tested).items():
+                rows[name][bucket]["p_holm"] = adjusted
         return BucketReport(info, metric, metrics, rows)
 
     def _student(self, name: str, folder: Path | str) -> dict[str, Any]:

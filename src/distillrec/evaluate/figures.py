@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyp
 import polars as pl  # noqa: E402
 
 from distillrec.evaluate.buckets import BucketReport  # noqa: E402
+from distillrec.evaluate.headline import row_label  # noqa: E402
 
 PNG = {"dpi": 110, "metadata": {"Software": None}}  # no version stamp: identical bytes for identical data
 
@@ -45,15 +46,16 @@ def gain(table: dict[str, Any], metric: str, path: Path) -> None:
             if row.get("vs_baseline", {}).get("gain") is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     for y, (name, v) in enumerate(rows):
-        significant = v["p_value"] is not None and v["p_value"] < 0.05
+        p = v.get("p_holm", v["p_value"])
+        significant = p is not None and p < 0.05
         color = ("tab:green" if v["gain"] > 0 else "tab:red") if significant else "tab:gray"
         ax.barh(y, 100 * v["gain"], color=color)
         if v["ci_low"] is not None:
             ax.errorbar(100 * v["gain"], y, xerr=[[100 * (v["gain"] - v["ci_low"])], [100 * (v["ci_high"] - v["gain"])]],
                         color="black", capsize=3)
-    ax.set(yticks=range(len(rows)), yticklabels=[name for name, _ in rows],
+    ax.set(yticks=range(len(rows)), yticklabels=[row_label(name, table[name]) for name, _ in rows],
            xlabel=f"gain in test {metric} over the baseline (%)",
-           title="Gain over the baseline, 95 % interval (gray: p >= 0.05)")
+           title="Gain over the baseline, 95 % interval (gray: Holm's p >= 0.05)")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)

@@ -11,7 +11,8 @@ import polars as pl
 
 from distillrec.evaluate.buckets import BucketReport
 from distillrec.evaluate.figures import write_figures
-from distillrec.evaluate.headline import headline_rows, story
+from distillrec.evaluate.plotdata import write_plot_data
+from distillrec.evaluate.headline import headline_rows, row_label, seeds, story
 from distillrec.io import atomic_dir, atomic_file, write_json
 
 
@@ -41,15 +42,21 @@ def _cell(row: dict[str, Any], metric: str) -> str:
     return _fmt(row["test"][metric]) + (f" ± {std:.4f}" if std else "")
 
 
-def _gain_p(gain: float | None, p: float | None) -> list[str]:
-    return ["–" if gain is None else f"{100 * gain:+.1f}%", "–" if p is None else f"{p:.2g}"]
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def _gain_p(gain: float | None, p: float | None, p_holm: float | None = None) -> list[str]:
+    """Gain and p cells; with `p_holm`, the p cell reads `raw (Holm)`."""
+    p_cell = _p(p) if p is None or p_holm is None else f"{_p(p)} ({_p(p_holm)})"
+    return ["–" if gain is None else f"{100 * gain:+.1f}%", p_cell]
 
 
 def _versus(row: dict[str, Any]) -> list[str]:
     versus = row.get("vs_baseline")
     if not versus:
         return ["", ""]
-    return _gain_p(versus["gain"], versus["p_value"])
+    return _gain_p(versus["gain"], versus["p_value"], versus.get("p_holm"))
 
 
 def bucket_tables(buckets: BucketReport) -> list[str]:
@@ -57,37 +64,37 @@ def bucket_tables(buckets: BucketReport) -> list[str]:
     info, metric = buckets.info, buckets.metric
     users = info["users"]
     names = list(users)
-    head = ["row", *[cell for b in names for cell in (f"{b} (n={users[b]})", "gain", "p")]]
+    head = ["row", *[cell for b in names for cell in (f"{b} (n={users[b]})", "gain", "p (Holm)")]]
     lines = ["", f"## By item popularity and history length (test, {metric})", "",
              f"tail: the target is among the {100 * info['tail_share']:g} % least frequent training items "
              f"({info['tail_items']} items, at most {info['tail_max_count']} training occurrences; ties by "
              f"item_idx, unseen items always tail); head: the rest. short: at most {info['short_history']} items "
              "before the target; long: the rest. Gain and p (paired t-test over the bucket's users) against "
-             "the baseline; n = test users.", "",
+             "the baseline, Holm's adjusted p over the column's rows in brackets; n = test users.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in buckets.rows.items():
         cells = [name]
         for b in names:
             entry = row[b]
-            versus = _gain_p(entry["gain"], entry["p"]) if "gain" in entry else ["", ""]
+            versus = _gain_p(entry["gain"], entry["p"], entry.get("p_holm")) if "gain" in entry else ["", ""]
             cells += [_fmt(entry[metric]), *versus]
         lines.append("| " + " | ".join(cells) + " |")
-    head = ["row", "bucket", "users", *[m.upper() for m in buckets.metrics], f"gain {metric}", "p"]
+    head = ["row", "bucket", "users", *[m.upper() for m in buckets.metrics], f"gain {metric}", "p (Holm)"]
     lines += ["", "### Every metric by bucket", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in buckets.rows.items():
         for b, entry in row.items():
-            versus = _gain_p(entry["gain"], entry["p"]) if "gain" in entry else ["", ""]
+            versus = _gain_p(entry["gain"], entry["p"], entry.get("p_holm")) if "gain" in entry else ["", ""]
             cells = [name, b, str(entry["users"]), *[_fmt(entry[m]) for m in buckets.metrics], *versus]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def headline_table(table: dict[str, Any], metric: str, buckets: BucketReport | None = None) -> list[str]:
-    """The table README quotes: one K, gain with its interval, tail items, cost."""
+    """The table README quotes: one K, the seeds, gain with its interval and tests, tail items, cost."""
     rows = headline_rows(table, metric)
     k = metric.split("@")[1]
     tail = buckets is not None and buckets.info["users"].get("tail")
-    head = ["row", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", f"gain {metric}", "95 % CI", "p",
+    head = ["row", "seeds", f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", f"gain {metric}", "95 % CI", "p", "p Holm", "p perm",
             *([f"tail {metric}", "tail gain"] if tail else []), "ms/user", "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
@@ -95,8 +102,9 @@ def headline_table(table: dict[str, Any], metric: str, buckets: BucketReport | N
         gain = "" if row["gain"] is None else f"{100 * row['gain']:+.1f}%"
         ci = ("" if versus.get("ci_low") is None
               else f"{100 * versus['ci_low']:+.1f} … {100 * versus['ci_high']:+.1f}%")
-        p = "" if row["p"] is None else f"{row['p']:.2g}"
-        cells = [name, *[_fmt(row[f"{m}@{k}"]) for m in ("hr", "ndcg", "mrr")], gain, ci, p]
+        tests = ["" if versus.get(key) is None else f"{versus[key]:.2g}" for key in ("p_value", "p_holm", "p_perm")]
+        cells = [row_label(name, table[name]), seeds(table[name]),
+                 *[_fmt(table[name]["test"][f"{m}@{k}"]) for m in ("hr", "ndcg", "mrr")], gain, ci, *tests]
         if tail:
             entry = buckets.rows[name]["tail"]
             cells += [_fmt(entry[buckets.metric]),
@@ -106,24 +114,40 @@ def headline_table(table: dict[str, Any], metric: str, buckets: BucketReport | N
     return lines
 
 
+def selection_lines(table: dict[str, Any]) -> list[str]:
+    """report.md: how row auto was chosen (the candidates' validation values, best first)."""
+    auto = table.get("auto")
+    if auto is None:
+        return []
+    chosen, scores = auto["selection"]["chosen"], auto["selection"]["candidates"]
+    ranked = sorted(scores.items(), key=lambda item: -item[1])
+    return ["## The distilled student, chosen on validation", "",
+            f"Row `auto` is **{chosen}**: the best {auto['selection']['metric']} (mean over seeds) among "
+            + ", ".join(f"{name} {value:.4f}" for name, value in ranked)
+            + ". The test split never chose it; its test figures are the chosen row's.", ""]
+
 def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets: BucketReport | None = None,
                    figures: list[str] | None = None) -> str:
     compared = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
     lines = [f"# Test results\n\n{protocol}\n"]
     if compared:
         lines += [f"## Headline (test, {compared})", "", *headline_table(table, compared, buckets), "",
-                  "ms/user: batched scoring throughput (students: the evaluation batch; teachers: their "
-                  "export, one pass over each user's history). Tail: the target is among the least frequent "
-                  "training items (below).", ""]
+                  "seeds: the runs averaged in a row (one seed is one run, not a mean). p: paired t-test over "
+                  "users; p Holm: Holm–Bonferroni over the table's rows (auto, a copy of its choice, is not "
+                  "counted twice); p perm: paired sign-flip permutation test (its smallest value is 2 / (flips + 1)). "
+                  "ms/user: batched scoring "
+                  "throughput (students: the evaluation batch; teachers: their export, one pass over each "
+                  "user's history). Tail: the target is among the least frequent training items (below).", "",
+                  *selection_lines(table)]
     if figures:
         lines += ["## Figures", "", *[f"![{name.removesuffix('.png')}](figures/{name})" for name in figures], ""]
     metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
-    head = ["row", *[m.upper() for m in metrics], f"gain {compared or ''}".strip(), "p",
+    head = ["row", *[m.upper() for m in metrics], f"gain {compared or ''}".strip(), "p (Holm)",
             "train s", "latency ms", "users/s", "params", "MB"]
     lines += ["## Every K", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         cost = row["cost"]
-        cells = [name, *[_cell(row, m) for m in metrics], *_versus(row), _fmt(cost.get("train_seconds"), 1),
+        cells = [row_label(name, row), *[_cell(row, m) for m in metrics], *_versus(row), _fmt(cost.get("train_seconds"), 1),
                  _fmt(cost.get("latency_ms"), 3), _fmt(cost["users_per_second"], 0),
                  f"{int(cost['parameters']):,}", _fmt(cost.get("size_mb"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -141,9 +165,9 @@ def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets:
 
 def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], protocol: str,
                   metrics_dir: Path | str, buckets: BucketReport | None = None, *, teachers: list[str] = (),
-                  baseline: str = "baseline", curve_files: dict[str, Path] | None = None) -> None:
+                  curve_files: dict[str, Path] | None = None) -> None:
     """Headline metrics (eval.json, rows/<row>.json), details.json, report.md, figures/*.png,
-    plots/ndcg_at_k/<row>.csv, ranks.parquet and (with `buckets`) buckets.csv.
+    plots/ (valid_curves, ndcg_at_k, gains .csv), ranks.parquet and (with `buckets`) buckets.csv.
 
     details.json is the whole table (`<row>.test.ndcg@10`, seeds, validation, cost); with
     `buckets`, each row also gets `buckets.<bucket>.<metric>` (and `.gain`, `.p`), and the top
@@ -156,7 +180,7 @@ def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], pro
             raise ValueError("a row named 'buckets' would clash with details.json's bucket summary")
         details = {name: row | {"buckets": buckets.headline(name)} for name, row in table.items()}
         details["buckets"] = buckets.info
-        columns = ["row", "bucket", "users", *buckets.metrics, "gain", "p"]
+        columns = ["row", "bucket", "users", *buckets.metrics, "gain", "p", "p_holm"]
         frame = pl.DataFrame(buckets.records(), schema={c: pl.String if c in ("row", "bucket") else
                                                          pl.Int64 if c == "users" else pl.Float64 for c in columns})
         with atomic_file(metrics_dir / "buckets.csv") as tmp:
@@ -164,7 +188,7 @@ def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], pro
     write_json(metrics_dir / "details.json", details)
     metric = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
     if metric is not None:
-        write_json(metrics_dir / "eval.json", story(table, metric, list(teachers), baseline, buckets))
+        write_json(metrics_dir / "eval.json", story(table, metric, list(teachers), buckets))
         with atomic_dir(metrics_dir / "rows") as tmp:
             for name, row in headline_rows(table, metric).items():
                 write_json(tmp / f"{name}.json", row)
@@ -172,8 +196,6 @@ def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], pro
         figures = write_figures(tmp, table, ks, metric or f"ndcg@{ks[0]}", buckets, curve_files or {})
     with atomic_file(metrics_dir / "report.md") as tmp:
         tmp.write_text(markdown_table(table, ks, protocol, buckets, figures))
-    with atomic_dir(metrics_dir / "plots" / "ndcg_at_k") as tmp:  # one line per row in `dvc plots`
-        for name, row in table.items():
-            pl.DataFrame({"k": ks, "ndcg": [row["test"][f"ndcg@{k}"] for k in ks]}).write_csv(tmp / f"{name}.csv")
+    write_plot_data(metrics_dir / "plots", table, ks, metric, curve_files or {})
     with atomic_file(metrics_dir / "ranks.parquet") as tmp:
         ranks.write_parquet(tmp)

@@ -378,7 +378,7 @@ class _Task(AcceleratedTask):
         batches = [order[lo:lo + train.batch_size] for lo in range(0, len(order), train.batch_size)]
         mine = self.shard(batches)
         total, count = 0.0, 0
-        for idx in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
+        for idx in tqdm(mine, desc=f"epoch {epoch}/{train.epochs}", leave=False, disable=None):
             inputs, tokens, states = self._batch(self.train[0][idx], self.train[1][idx], every_item=True)
             lm, scoring = self.wrapped(**inputs)
             loss = causal.lm_weight * lm / tokens + causal.scoring_weight * scoring / states

@@ -129,7 +129,7 @@ class _Training(AcceleratedTask):
         batches = self._batches(generator)
         mine = self.shard(batches)
         total, seen = 0.0, 0
-        for task, index in tqdm(mine, desc=f"epoch {epoch}", leave=False, disable=None):
+        for task, index in tqdm(mine, desc=f"epoch {epoch}/{self.cfg.train.epochs}", leave=False, disable=None):
             n_templates = len(TEMPLATES[task])
             templates = torch.randint(n_templates, (len(index),), generator=generator).tolist()
             inputs, labels = self.teacher.batch(self.data.split, self.train[task], index, templates,

@@ -7,6 +7,12 @@ checkpoints megabytes, not gigabytes. Each epoch's randomness comes from a gener
 (seed, epoch) and the global RNG is saved, so a resumed run ends with the weights of an
 uninterrupted one. On CPU the loop trains with torch's deterministic algorithms, so two runs with
 the same params and thread count end with bit-identical weights.
+
+Only an interrupted run is resumed. The last epoch's checkpoint is marked finished, and a finished
+checkpoint never stands in for training: a later run with the same params (`dvc repro -f`, or a
+rerun DVC starts because an upstream output's bytes changed) trains again from epoch 1, overwriting
+it. The file itself stays (the folder is a `persist` DVC output, and it holds the run's curve); a
+run killed after its last epoch but before its output was written trains again too.
 """
 
 from __future__ import annotations
@@ -116,6 +122,14 @@ class FitState:
                 "best_valid": self.history[self.best_epoch - 1] if self.best_epoch else {}}
 
 
+def metric_label(metric: str) -> str:
+    """How a log line names a validation metric after the word "valid": `valid_loss` → `loss`."""
+    for prefix in ("valid_", "valid/"):
+        if metric.startswith(prefix) and len(metric) > len(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
 def _log(live: Live | _NoLive, entry: dict[str, float]) -> None:
     """One epoch's history entry as curves: train/loss, train/<term>, valid/<metric>."""
     for name, value in entry.items():
@@ -164,6 +178,10 @@ class Loop:
         if saved["state"]["fingerprint"] != self.state.fingerprint:
             log.info("ignoring %s: it was written with other params, data or code", path)
             return False
+        if saved["state"].get("finished"):  # a finished run's weights never stand in for training
+            log.info("ignoring %s: it holds a finished run (%d epochs), not an interrupted one; "
+                     "training from epoch 1", path, saved["state"]["epoch"])
+            return False
         self.task.module.load_state_dict(saved["model"], strict=False)
         self.task.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_weights"]
@@ -189,7 +207,6 @@ class Loop:
     def _run(self) -> FitState:
         torch.manual_seed(self.cfg.seed)
         resumed = self._try_resume()
-        metric = self.cfg.select_metric
         # the curves are rewritten from the checkpoint's history: DVC deletes a stage's outputs
         # (these curves) before re-running it, and a resumed run must still leave complete curves
         live = (Live(str(self.live_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None)
@@ -197,16 +214,59 @@ class Loop:
         with live as live:
             for entry in self.state.history if resumed else []:
                 _log(live, entry)
-            bar = tqdm(total=self.cfg.epochs, initial=self.state.epoch, desc="training",
+            bar = tqdm(total=self.cfg.epochs, initial=self.state.epoch, desc="training", unit="epoch",
                        disable=None if self.is_main else True)
+            if resumed:
+                bar.set_postfix_str(self._window(), refresh=False)
             while not self.state.finished:
                 self._epoch(live)
                 bar.update(1)
-                bar.set_postfix({metric: f"{self.state.history[-1][metric]:.4f}"})
+                bar.set_postfix_str(self._window())
+            if self.state.epoch < self.cfg.epochs:  # stopped early: the bar ends full at the epoch it stopped
+                bar.total = self.state.epoch
+                bar.set_description("stopped early", refresh=False)
+                bar.set_postfix_str(f"best {self.state.best_epoch}")
             bar.close()
+        if self.is_main:
+            log.info("%s", self.outcome())
         self.task.module.load_state_dict(self.best_weights, strict=False)
         self.task.module.eval()
         return self.state
+
+    # ---- what the progress bar and the log say ------------------------------------------------------
+
+    def _valid(self, value: float | None) -> str:
+        """`valid ndcg@10 0.1234`, `valid loss 3.2100`: the selection metric, named."""
+        return f"valid {metric_label(self.cfg.select_metric)} {float('nan') if value is None else value:.4f}"
+
+    def _window(self) -> str:
+        """The bar's postfix: the last validation, the best epoch and the epochs left before early stopping."""
+        state = self.state
+        last = state.history[-1][self.cfg.select_metric] if state.history else float("nan")
+        best = f"best {state.best_epoch}" if state.best_epoch else "no best yet"
+        return (f"{metric_label(self.cfg.select_metric)} {last:.4f}, {best}, "
+                f"stop in {self.cfg.patience - state.bad_epochs}")
+
+    def epoch_line(self) -> str:
+        """The log line of the last epoch, one shape for every trainer:
+        `epoch 7/200: train loss 5.1230 | valid ndcg@10 0.1234 (best 0.1250 at epoch 5, patience 3/5 left)`."""
+        state, cfg = self.state, self.cfg
+        entry = state.history[-1]
+        best = (f"best {state.best_metric:.4f} at epoch {state.best_epoch}" if state.best_epoch
+                else "no best yet")
+        return (f"epoch {state.epoch}/{cfg.epochs}: train loss {entry['loss']:.4f} | "
+                f"{self._valid(entry[cfg.select_metric])} "
+                f"({best}, patience {cfg.patience - state.bad_epochs}/{cfg.patience} left)")
+
+    def outcome(self) -> str:
+        """How training ended: early stopping (with its reason) or the last epoch, and the best epoch."""
+        state, cfg = self.state, self.cfg
+        best = (f"best epoch {state.best_epoch} ({self._valid(state.best_metric)})" if state.best_epoch
+                else f"no epoch had a finite valid {metric_label(cfg.select_metric)}")
+        if state.epoch < cfg.epochs:
+            return (f"stopped early at epoch {state.epoch} of {cfg.epochs}: no improvement in valid "
+                    f"{metric_label(cfg.select_metric)} for {state.bad_epochs} epochs; {best}")
+        return f"trained all {cfg.epochs} epochs; {best}"
 
     def _epoch(self, live: Live | _NoLive) -> None:
         state, cfg = self.state, self.cfg
@@ -230,7 +290,6 @@ class Loop:
             state.bad_epochs += 1
         state.finished = state.bad_epochs >= cfg.patience or epoch >= cfg.epochs
         _log(live, state.history[-1])
-        log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f @ %d)", epoch, loss, cfg.select_metric,
-                 valid[cfg.select_metric], float("nan") if state.best_metric is None else state.best_metric,
-                 state.best_epoch)
+        if self.is_main:  # data-parallel workers would repeat the main process's line
+            log.info("%s", self.epoch_line())
         self._save()

@@ -124,7 +124,7 @@ class Trainer:
         batches = self.parallel.shard(batch_order(self.lengths, self.cfg.batch_size, self.cfg.batching, generator))
         totals: dict[str, float] = {}
         seen = 0
-        for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None)):
+        for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, disable=None)):
             if self.cfg.lr_schedule == "cosine":
                 schedule_lr(self.optimizer, cosine_factor(epoch - 1 + step / len(batches), self.cfg.epochs))
             inputs, targets = model.training_pair(self.windows[idx], generator)
