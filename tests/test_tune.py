@@ -90,8 +90,10 @@ def _show(values: dict[str, dict[str, float]]) -> list:
                                 "metrics": {f"metrics/rows/{row}.json": {"data": {"valid_ndcg@10": v, "ndcg@10": 0.9}}
                                             for row, v in rows.items()}}}],
              "name": name, "executor": {"state": "success"}} for name, rows in values.items()]
-    exps.append({"revs": [{"rev": "sha-q", "name": "tune-9-9", "data": {}, "experiments": None}], "name": "tune-9-9",
-                 "executor": {"state": "queued"}})
+    stale = {"metrics": {"metrics/rows/baseline.json": {"data": {"valid_ndcg@10": 0.99}}}}  # the baseline commit's
+    for state in ("queued", "running", "failed"):  # DVC fills their data with their baseline commit's metrics
+        exps.append({"revs": [{"rev": f"sha-{state}", "name": f"tune-{state}", "data": stale, "experiments": None}],
+                     "name": f"tune-{state}", "executor": {"state": state}})
     return [{"rev": "workspace", "name": None, "data": {"metrics": {}}, "experiments": None},
             {"rev": "abc", "name": "main", "data": {"metrics": {}}, "experiments": exps}]
 
@@ -104,7 +106,7 @@ def test_each_row_is_chosen_on_validation_only_and_unfinished_points_are_skipped
              "tune-0-1": {"baseline": 0.22, "logit_kd": 0.30, "llm_init": 0.25, "llm_init+logit_kd": 0.29},
              "tune-1-0": {"baseline": 0.21, "logit_kd": 0.33, "llm_init": 0.20, "llm_init+logit_kd": 0.30}}
     found = experiments(_show(valid))
-    assert set(found) == set(valid) and found["tune-0-1"]["rev"] == "sha-tune-0-1"
+    assert set(found) == set(valid) and found["tune-0-1"]["rev"] == "sha-tune-0-1"  # finished ones only
     chosen, lines = choose(params, points, found)
     assert {row: entry["point"] for row, entry in chosen.items()} == {
         "baseline": "tune-0-1", "logit_kd": "tune-1-0", "llm_init": "tune-0-1", "llm_init+logit_kd": "tune-0-0"}

@@ -701,7 +701,7 @@ class TuneParams(Section):
     own: dict[str, Axis] = Field({}, description="Each row's own knob (the baseline's too), zipped: every list "
                                                  "has one length, so every row gets the same number of points")
     seeds: list[int] = Field([42], min_length=1, description="Seeds of each searched point")
-    final_seeds: list[int] = Field([1, 2, 3, 4, 5], min_length=1, description="Seeds of each row's chosen point")
+    final_seeds: list[int] = Field([1, 2, 3], min_length=1, description="Seeds of each row's chosen point")
 
     @model_validator(mode="after")
     def _check(self) -> TuneParams:

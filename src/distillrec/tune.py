@@ -121,30 +121,27 @@ def queue(points: dict[str, dict[str, Any]], dry: bool) -> list[list[str]]:
 
 
 def experiments(show: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`dvc exp show --json` -> finished experiment name -> {rev, params, metrics} (a failed or queued
-    one has no data and is left out, with a warning)."""
+    """`dvc exp show --json` -> finished experiment name -> {rev, params, metrics}. A queued, running
+    or failed one is left out: DVC fills their data with their baseline commit's metrics. DVC lists
+    the newest commit first: a name run again on a later commit is that later run."""
     found: dict[str, dict[str, Any]] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item)
-        elif isinstance(node, dict):
-            data, name = node.get("data"), node.get("name")
-            if name and isinstance(data, dict) and data.get("metrics"):
-                found[name] = {"rev": node.get("rev"),
-                               "params": (data.get("params") or {}).get("params.yaml", {}).get("data", {}),
-                               "metrics": {path: entry.get("data", {}) for path, entry in data["metrics"].items()}}
-            for value in node.values():
-                if isinstance(value, (list, dict)):
-                    walk(value)
-
-    walk(show)
+    for commit in show:
+        for experiment in commit.get("experiments") or []:
+            if (experiment.get("executor") or {}).get("state", "success") != "success":
+                continue
+            for rev in experiment.get("revs") or []:
+                name, data = rev.get("name") or experiment.get("name"), rev.get("data") or {}
+                if name and data.get("metrics") and name not in found:
+                    found[name] = {"rev": rev.get("rev"),
+                                   "params": (data.get("params") or {}).get("params.yaml", {}).get("data", {}),
+                                   "metrics": {path: entry.get("data", {}) for path, entry in data["metrics"].items()}}
     return found
 
 
-def dvc_experiments() -> dict[str, dict[str, Any]]:
-    result = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+def dvc_experiments(commits: int) -> dict[str, dict[str, Any]]:
+    """The experiments of the last `commits` commits (an experiment belongs to the commit it was
+    queued on; later commits would hide it from a plain `dvc exp show`)."""
+    result = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(commits)], capture_output=True, text=True)
     if result.returncode:
         raise DistillrecError(f"dvc exp show --json failed: {result.stderr.strip()}")
     return experiments(json.loads(result.stdout))
@@ -275,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/tune"),
                         help="where collect and report write (chosen.yaml, report.md, tuned.json)")
     parser.add_argument("--dry", action="store_true", help="queue/final: print the dvc commands only")
+    parser.add_argument("--commits", type=int, default=10,
+                        help="collect/final/report: read the experiments of the last N commits")
     args = parser.parse_args(argv)
     setup_logging(logging.INFO)
     try:
@@ -284,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "queue":
             queue(points, args.dry)
             return
-        chosen, search_lines = choose(params, points, dvc_experiments())
+        found = dvc_experiments(args.commits)
+        chosen, search_lines = choose(params, points, found)
         if args.command == "collect":
             print("\n".join(search_lines))
             with atomic_file(args.out / "chosen.yaml") as tmp:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                 with_overrides(raw, overrides, f"{PARAMS_FILE} with the overrides of {name}")
             queue(finals, args.dry)
             return
-        result = tuned_table(params, chosen, dvc_experiments())
+        result = tuned_table(params, chosen, found)
         text = markdown(result, search_lines, params)
         print(text)
         write_json(args.out / "tuned.json", result)
