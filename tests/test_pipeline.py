@@ -90,7 +90,7 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     ci = details["dllm2rec"]["vs_baseline"]
     assert ci["ci_low"] <= rows["dllm2rec"]["gain"] <= ci["ci_high"]
     assert set(details["buckets"]["users"]) == {"tail", "head", "short", "long"}
-    assert set(details["dllm2rec"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p"}
+    assert set(details["dllm2rec"]["buckets"]["tail"]) == {"ndcg@10", "gain", "p", "p_holm"}
     assert (repo / "metrics" / "buckets.csv").is_file()
     report = (repo / "metrics" / "report.md").read_text()
     assert "| baseline |" in report and "## By item popularity and history length" in report

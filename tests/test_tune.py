@@ -42,8 +42,6 @@ def test_every_row_gets_the_same_number_of_points_and_each_point_is_valid():
 
 
 @pytest.mark.parametrize(("tune", "fragment"), [
-    ({"own": {"baseline": {"train.weight_decay": [0.0, 0.01]}}},
-     "tune.own has no axis for rows ['logit_kd', 'llm_init', 'llm_init+logit_kd'] that the DAG trains"),
     ({"own": {"baseline": {"train.weight_decay": [0.0]}, "logit_kd": {"distill.logit_kd.weight": [0.5, 1.0]}}},
      "every row's axis needs the same number of values (the rows' budgets are equal), got lengths [1, 2]"),
     ({"grid": {"train.lr": [0.001, 0.001]}}, "tune.grid.train.lr: give distinct values"),
@@ -56,6 +54,10 @@ def test_bad_tune_params_are_named(tune, fragment):
 
 
 def test_a_point_that_breaks_the_schema_or_names_no_key_fails_before_anything_is_queued():
+    raw = _raw(own={"baseline": {"train.weight_decay": [0.0, 0.01]}})  # valid params: the search refuses
+    with pytest.raises(ParamsError, match=r"tune.own has no axis for rows \['logit_kd', 'llm_init', "
+                                          r"'llm_init\+logit_kd'\] that the DAG trains"):
+        search_points(raw, parse_params(raw))
     raw = _raw(grid={"student.dropout": [0.2, 1.5]})
     with pytest.raises(ParamsError, match="overrides of tune-1-0 is invalid:\n  'student.dropout'"):
         search_points(raw, parse_params(raw))

@@ -767,11 +767,6 @@ class Params(Section):
             raise ValueError(f"distill.teachers {unknown} are not configured under teachers or imports "
                              f"(configured: {', '.join(self.teacher_names) or 'none'})")
         self._check_embeddings()
-        rows = ["baseline", *self.distill.runs]
-        untuned = [row for row in rows if row not in self.tune.own]
-        if self.tune.own and untuned:
-            raise ValueError(f"tune.own has no axis for rows {untuned} that the DAG trains: give each row an own "
-                             f"axis (the same budget for every row)")
         foreign = [name for name in self.evaluate.auto or [] if name not in self.distill.runs]
         if foreign or self.evaluate.auto == [] or len(set(self.evaluate.auto or [])) != len(self.evaluate.auto or []):
             raise ValueError(f"evaluate.auto {self.evaluate.auto}: name rows the DAG trains (distill.methods and "

@@ -80,8 +80,10 @@ def rows_of(params: Params) -> list[str]:
 def search_points(raw: dict[str, Any], params: Params) -> dict[str, dict[str, Any]]:
     """Experiment name -> its `-S` overrides, for every (grid combination, own-axis index)."""
     tune = params.tune
-    if not tune.own:
-        raise ParamsError("tune.own is empty: give every row an own axis (params.yaml `tune`)")
+    untuned = [row for row in rows_of(params) if row not in tune.own]
+    if untuned:  # checked here, not at every stage start: a DAG may train rows nobody searches
+        raise ParamsError(f"tune.own has no axis for rows {untuned} that the DAG trains: give each row an own "
+                          "axis (params.yaml `tune`; the same budget for every row)")
     keys = sorted(tune.grid)
     combos = list(itertools.product(*(tune.grid[key] for key in keys)))
     axes = {key: values for row in rows_of(params) for key, values in tune.own[row].items()}
