@@ -153,3 +153,8 @@ def test_tuned_table_pairs_each_row_with_the_baseline_at_its_own_point(tmp_path,
     assert "| auto → llm_init+logit_kd | tune-0-0: train.lr=0.001 | 3 | 0.1300 |" in text
     with pytest.raises(DistillrecError, match="experiment tuned-baseline has not finished"):
         tuned_table(params, chosen, {}, ranks_of=frames.__getitem__)
+    # a row whose final run has not finished is left out, and the report says so
+    partial = {name: entry for name, entry in found.items() if name != "tuned-llm_init"}
+    result = tuned_table(params, chosen, partial, ranks_of=frames.__getitem__)
+    assert result["missing"] == ["llm_init"] and "llm_init" not in result["rows"]
+    assert "Not in this table (no finished final experiment): llm_init" in markdown(result, ["", "", "", ""], params)

@@ -206,12 +206,15 @@ def tuned_table(params: Params, chosen: dict[str, dict[str, Any]], found: dict[s
     data = SplitData.load("data/processed")
     masks, _ = assign_buckets(data, cfg.buckets)
     frames, table = {}, {}
+    missing = [row for row in chosen if f"{FINAL}-{row}" not in found]
+    if "baseline" in missing:
+        raise DistillrecError(f"experiment {FINAL}-baseline has not finished: run `python -m distillrec tune final`, "
+                              "then `dvc queue start`")
+    if missing:
+        log.warning("rows without a finished final experiment, left out of the table: %s", ", ".join(missing))
     for row in chosen:
-        name = f"{FINAL}-{row}"
-        if name not in found:
-            raise DistillrecError(f"experiment {name} has not finished: run `python -m distillrec tune final`, "
-                                  "then `dvc queue start`")
-        frames[row] = ranks_of(found[name]["rev"])
+        if row not in missing:
+            frames[row] = ranks_of(found[f"{FINAL}-{row}"]["rev"])
     users = frames["baseline"]["user_idx"].to_numpy()
     if len(users) != len(masks["tail"]):
         raise DistillrecError("the experiments were ranked on another split than data/processed: run "
@@ -234,7 +237,7 @@ def tuned_table(params: Params, chosen: dict[str, dict[str, Any]], found: dict[s
     for row, p in adjusted.items():
         table[row]["vs_baseline"]["p_holm"] = p
     distilled = [row for row in table if row != "baseline" and table[row]["valid"] is not None]
-    return {"metric": metric, "rows": table,
+    return {"metric": metric, "rows": table, "missing": missing,
             "auto": max(distilled, key=lambda row: table[row]["valid"]) if distilled else None}
 
 
@@ -265,6 +268,9 @@ def markdown(result: dict[str, Any], search_lines: list[str], params: Params) ->
             "" if entry["valid"] is None else f"{entry['valid']:.4f}", f"{entry['test']:.4f} ± {entry['test_std']:.4f}",
             pct(versus.get("gain")), ci, p(versus.get("p_value")), p(versus.get("p_holm")), p(versus.get("p_perm")),
             pct(tail.get("gain")), p(tail.get("p_value"))]) + " |")
+    if result["missing"]:
+        lines += ["", f"Not in this table (no finished final experiment): {', '.join(result['missing'])}; Holm "
+                  "and auto cover the rows above only."]
     return "\n".join([*lines, "", "## The search", "", *search_lines]) + "\n"
 
 
