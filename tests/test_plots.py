@@ -11,7 +11,7 @@ from dvc_render import VegaRenderer
 
 from distillrec.errors import DistillrecError
 from distillrec import plots as render
-from distillrec.evaluate.plotdata import write_plot_data
+from distillrec.evaluate.plotdata import valid_curves, write_plot_data
 from tests.conftest import REPO
 
 TEMPLATES = REPO / ".dvc" / "plots"
@@ -38,7 +38,7 @@ def plot_data(tmp_path):
     tsv = tmp_path / "ndcg@10.tsv"
     tsv.write_text("step\tndcg@10\n0\t0.05\n1\t0.07\n")
     write_plot_data(tmp_path / "plots", _table(), [5, 10], "ndcg@10",
-                    {"baseline": tsv, "logit_kd": tmp_path / "missing.tsv"})
+                    valid_curves({"baseline": tsv, "logit_kd": tmp_path / "missing.tsv"}))
     return tmp_path / "plots"
 
 

@@ -767,8 +767,8 @@ class Params(Section):
             raise ValueError(f"distill.teachers {unknown} are not configured under teachers or imports "
                              f"(configured: {', '.join(self.teacher_names) or 'none'})")
         self._check_embeddings()
-        foreign = [name for name in self.evaluate.auto or [] if name not in self.distill.runs]
-        if foreign or self.evaluate.auto == [] or len(set(self.evaluate.auto or [])) != len(self.evaluate.auto or []):
+        auto = self.evaluate.auto
+        if auto is not None and (not auto or len(set(auto)) != len(auto) or set(auto) - set(self.distill.runs)):
             raise ValueError(f"evaluate.auto {self.evaluate.auto}: name rows the DAG trains (distill.methods and "
                              f"llm_init+<combine>: {', '.join(self.distill.runs) or 'none'}), or null for all of them")
         stride = self.train.window_stride

@@ -110,20 +110,18 @@ def final_overrides(params: Params, row: str, point: dict[str, Any]) -> dict[str
             "distill.llm_init.combine": combine, "evaluate.auto": None}
 
 
-def queue(points: dict[str, dict[str, Any]], dry: bool) -> list[list[str]]:
+def queue(points: dict[str, dict[str, Any]], dry: bool) -> None:
     """`dvc exp run --queue` for each point (printed only with `dry`)."""
-    commands = [["dvc", "exp", "run", "--queue", "-n", name,
-                 *[arg for key, value in point.items() for arg in ("-S", f"{key}={yaml_value(value)}")]]
-                for name, point in points.items()]
-    for command in commands:
+    for name, point in points.items():
+        command = ["dvc", "exp", "run", "--queue", "-n", name,
+                   *[arg for key, value in point.items() for arg in ("-S", f"{key}={yaml_value(value)}")]]
         print(" ".join(command))
-        if not dry:
-            subprocess.run(command, check=True)
-    return commands
+        if not dry and subprocess.run(command).returncode:
+            raise DistillrecError(f"dvc could not queue {name} (its message is above)")
 
 
 def experiments(show: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`dvc exp show --json` -> finished experiment name -> {rev, params, metrics}. A queued, running
+    """`dvc exp show --json` -> finished experiment name -> {rev, metrics}. A queued, running
     or failed one is left out: DVC fills their data with their baseline commit's metrics. DVC lists
     the newest commit first: a name run again on a later commit is that later run."""
     found: dict[str, dict[str, Any]] = {}
@@ -135,7 +133,6 @@ def experiments(show: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 name, data = rev.get("name") or experiment.get("name"), rev.get("data") or {}
                 if name and data.get("metrics") and name not in found:
                     found[name] = {"rev": rev.get("rev"),
-                                   "params": (data.get("params") or {}).get("params.yaml", {}).get("data", {}),
                                    "metrics": {path: entry.get("data", {}) for path, entry in data["metrics"].items()}}
     return found
 
@@ -237,7 +234,7 @@ def tuned_table(params: Params, chosen: dict[str, dict[str, Any]], found: dict[s
     for row, p in adjusted.items():
         table[row]["vs_baseline"]["p_holm"] = p
     distilled = [row for row in table if row != "baseline" and table[row]["valid"] is not None]
-    return {"metric": metric, "rows": table, "missing": missing,
+    return {"metric": metric, "rows": table, "missing": missing, "points": chosen["baseline"]["points"],
             "auto": max(distilled, key=lambda row: table[row]["valid"]) if distilled else None}
 
 
@@ -253,7 +250,7 @@ def markdown(result: dict[str, Any], search_lines: list[str], params: Params) ->
     head = ["row", "chosen point (validation)", "seeds", f"valid {metric}", f"test {metric}", "gain", "95 % CI",
             "p", "p Holm", "p perm", "tail gain", "tail p"]
     lines = [f"# Each row tuned: test {metric} at its own validation-chosen point", "",
-             f"Search: {len(search_lines) - 4} points per row (seeds {params.tune.seeds}), each row chosen on "
+             f"Search: {result['points']} points per row (seeds {params.tune.seeds}), each row chosen on "
              f"validation {metric}; then each row at its point with seeds {params.tune.final_seeds}, against the "
              "baseline at its own point (paired tests over users; Holm over the rows).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

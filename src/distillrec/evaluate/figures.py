@@ -79,15 +79,12 @@ def buckets(report: BucketReport, path: Path) -> None:
     _save(fig, path)
 
 
-def curves(files: dict[str, Path], path: Path) -> None:
-    """`files`: row -> a dvclive `valid/<metric>.tsv` (step, value); absent files are skipped."""
+def curves(frame: pl.DataFrame, path: Path) -> None:
+    """`frame`: plotdata.valid_curves (row, epoch, the validation metric)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    metric = ""
-    for name, tsv in files.items():
-        if Path(tsv).is_file():
-            frame = pl.read_csv(tsv, separator="\t")
-            metric = frame.columns[-1]
-            ax.plot(frame["step"] + 1, frame[metric], label=name)
+    metric = frame.columns[-1] if frame.height else ""
+    for (name,), part in frame.group_by("row", maintain_order=True):
+        ax.plot(part["epoch"], part[metric], label=name)
     ax.set(xlabel="epoch", ylabel=f"validation {metric}".strip(), title="Training curves (first seed)")
     ax.grid(alpha=0.3)
     if metric:
@@ -96,7 +93,7 @@ def curves(files: dict[str, Path], path: Path) -> None:
 
 
 def write_figures(folder: Path, table: dict[str, Any], ks: list[int], metric: str,
-                  report: BucketReport | None, curve_files: dict[str, Path]) -> list[str]:
+                  report: BucketReport | None, curves_frame: pl.DataFrame) -> list[str]:
     """Every figure into `folder`; returns the file names, in the order report.md shows them."""
     ndcg_at_k(table, ks, folder / "ndcg_at_k.png")
     gain(table, metric, folder / "gain.png")
@@ -104,5 +101,5 @@ def write_figures(folder: Path, table: dict[str, Any], ks: list[int], metric: st
     if report is not None:
         buckets(report, folder / "buckets.png")
         names.append("buckets.png")
-    curves(curve_files, folder / "curves.png")
+    curves(curves_frame, folder / "curves.png")
     return names + ["curves.png"]

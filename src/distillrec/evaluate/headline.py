@@ -3,8 +3,9 @@
 `dvc metrics show` prints one table: a line per metrics file, a column per key of any file. It
 stays readable only while the files share a few keys, so the headline is:
 * `rows/<row>.json`, one per row, all with the same keys: test HR and NDCG at the compare metric's
-  K (MRR is in report.md and details.json: `dvc metrics show` stays within 160 columns), the validation value of the compare metric (what every choice reads), the gain and
-  p against the baseline, Holm's adjusted p over the table, -log10 p, and parameters;
+  K (MRR is in report.md and details.json: `dvc metrics show` stays within 160 columns), the
+  validation value of the compare metric (what every choice reads), the gain and p against the
+  baseline, Holm's adjusted p over the table, -log10 p, and parameters;
 * `eval.json`, the run's story in a line with the same columns where they apply: the distilled
   row chosen on validation (row `auto`'s choice: its name, test metric, gain, p, Holm's p and its
   gain on tail items) and the name of the teacher with the best validation metric (its gain is

@@ -36,23 +36,25 @@ def _gains(table: dict[str, Any], metric: str | None) -> pl.DataFrame:
                                 "ci_low": pl.Float64, "ci_high": pl.Float64})
 
 
-def _valid_curves(curve_files: dict[str, Path]) -> pl.DataFrame:
-    """dvclive logs epoch 1 as step 0 (the training log and curves.png count from 1)."""
+def valid_curves(curve_files: dict[str, Path]) -> pl.DataFrame:
+    """row, epoch and the validation metric (its column named for it) of each student's dvclive
+    curve, read once for curves.png and valid_curves.csv; absent files are skipped. dvclive logs
+    epoch 1 as step 0 (the training log counts from 1)."""
     frames = []
     for name, tsv in curve_files.items():
         if Path(tsv).is_file():
             frame = pl.read_csv(tsv, separator="\t")
             frames.append(frame.select(pl.lit(name).alias("row"), (pl.col("step") + 1).cast(pl.Int64).alias("epoch"),
-                                       pl.col(frame.columns[-1]).cast(pl.Float64).alias("value")))
+                                       pl.col(frame.columns[-1]).cast(pl.Float64)))
     return pl.concat(frames) if frames else pl.DataFrame(
         schema={"row": pl.String, "epoch": pl.Int64, "value": pl.Float64})
 
 
 def write_plot_data(plots_dir: Path, table: dict[str, Any], ks: list[int], metric: str | None,
-                    curve_files: dict[str, Path]) -> None:
-    """Replace `plots_dir` with the three CSVs; rows in `table` (and `curve_files`) order.
-    `metric`: the compare metric the gains are on (None: no row has a gain)."""
+                    curves: pl.DataFrame) -> None:
+    """Replace `plots_dir` with the three CSVs; rows in `table` (and `curves`, from `valid_curves`)
+    order. `metric`: the compare metric the gains are on (None: no row has a gain)."""
     with atomic_dir(plots_dir) as tmp:
         _ndcg_at_k(table, ks).write_csv(tmp / "ndcg_at_k.csv")
         _gains(table, metric).write_csv(tmp / "gains.csv")
-        _valid_curves(curve_files).write_csv(tmp / "valid_curves.csv")
+        curves.rename({curves.columns[-1]: "value"}).write_csv(tmp / "valid_curves.csv")

@@ -11,8 +11,8 @@ import polars as pl
 
 from distillrec.evaluate.buckets import BucketReport
 from distillrec.evaluate.figures import write_figures
-from distillrec.evaluate.plotdata import write_plot_data
 from distillrec.evaluate.headline import headline_rows, row_label, seeds, story
+from distillrec.evaluate.plotdata import valid_curves, write_plot_data
 from distillrec.io import atomic_dir, atomic_file, write_json
 
 
@@ -126,6 +126,7 @@ def selection_lines(table: dict[str, Any]) -> list[str]:
             + ", ".join(f"{name} {value:.4f}" for name, value in ranked)
             + ". The test split never chose it; its test figures are the chosen row's.", ""]
 
+
 def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets: BucketReport | None = None,
                    figures: list[str] | None = None) -> str:
     compared = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
@@ -134,10 +135,10 @@ def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets:
         lines += [f"## Headline (test, {compared})", "", *headline_table(table, compared, buckets), "",
                   "seeds: the runs averaged in a row (one seed is one run, not a mean). p: paired t-test over "
                   "users; p Holm: Holm–Bonferroni over the table's rows (auto, a copy of its choice, is not "
-                  "counted twice); p perm: paired sign-flip permutation test (its smallest value is 2 / (flips + 1)). "
-                  "ms/user: batched scoring "
-                  "throughput (students: the evaluation batch; teachers: their export, one pass over each "
-                  "user's history). Tail: the target is among the least frequent training items (below).", "",
+                  "counted twice); p perm: paired sign-flip permutation test (its smallest value is "
+                  "2 / (flips + 1)). ms/user: batched scoring throughput (students: the evaluation batch; teachers: "
+                  "their export, one pass over each user's history). Tail: the target is among the least frequent "
+                  "training items (below).", "",
                   *selection_lines(table)]
     if figures:
         lines += ["## Figures", "", *[f"![{name.removesuffix('.png')}](figures/{name})" for name in figures], ""]
@@ -147,7 +148,8 @@ def markdown_table(table: dict[str, Any], ks: list[int], protocol: str, buckets:
     lines += ["## Every K", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         cost = row["cost"]
-        cells = [row_label(name, row), *[_cell(row, m) for m in metrics], *_versus(row), _fmt(cost.get("train_seconds"), 1),
+        cells = [row_label(name, row), *[_cell(row, m) for m in metrics], *_versus(row),
+                 _fmt(cost.get("train_seconds"), 1),
                  _fmt(cost.get("latency_ms"), 3), _fmt(cost["users_per_second"], 0),
                  f"{int(cost['parameters']):,}", _fmt(cost.get("size_mb"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -186,6 +188,7 @@ def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], pro
         with atomic_file(metrics_dir / "buckets.csv") as tmp:
             frame.write_csv(tmp)
     write_json(metrics_dir / "details.json", details)
+    curves = valid_curves(curve_files or {})  # read once: curves.png and dvc plots' valid_curves.csv
     metric = next((row["vs_baseline"]["metric"] for row in table.values() if "vs_baseline" in row), None)
     if metric is not None:
         write_json(metrics_dir / "eval.json", story(table, metric, list(teachers), buckets))
@@ -193,9 +196,9 @@ def write_reports(table: dict[str, Any], ranks: pl.DataFrame, ks: list[int], pro
             for name, row in headline_rows(table, metric).items():
                 write_json(tmp / f"{name}.json", row)
     with atomic_dir(metrics_dir / "figures") as tmp:
-        figures = write_figures(tmp, table, ks, metric or f"ndcg@{ks[0]}", buckets, curve_files or {})
+        figures = write_figures(tmp, table, ks, metric or f"ndcg@{ks[0]}", buckets, curves)
     with atomic_file(metrics_dir / "report.md") as tmp:
         tmp.write_text(markdown_table(table, ks, protocol, buckets, figures))
-    write_plot_data(metrics_dir / "plots", table, ks, metric, curve_files or {})
+    write_plot_data(metrics_dir / "plots", table, ks, metric, curves)
     with atomic_file(metrics_dir / "ranks.parquet") as tmp:
         ranks.write_parquet(tmp)

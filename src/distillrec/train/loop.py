@@ -124,10 +124,7 @@ class FitState:
 
 def metric_label(metric: str) -> str:
     """How a log line names a validation metric after the word "valid": `valid_loss` → `loss`."""
-    for prefix in ("valid_", "valid/"):
-        if metric.startswith(prefix) and len(metric) > len(prefix):
-            return metric[len(prefix):]
-    return metric
+    return metric.removeprefix("valid_") or metric
 
 
 def _log(live: Live | _NoLive, entry: dict[str, float]) -> None:
