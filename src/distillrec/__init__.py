@@ -17,3 +17,11 @@ if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.setdefault(_name, _value)
 
 __version__ = "0.1.0"
+
+
+def load(folder, backend="auto", threads=None):
+    """A released student (models/release) or a saved student folder, ready to `.recommend(histories,
+    k=10, exclude_seen=True)`; needs nothing of the pipeline (distillrec/serving/recommender.py)."""
+    from distillrec.serving.recommender import load as load_recommender  # torch loads only if asked for
+
+    return load_recommender(folder, backend, threads)

@@ -687,6 +687,37 @@ class EvaluateParams(Section):
         return self
 
 
+class ReleaseParams(Section):
+    """What `release` ships (models/release/): one row's student, its ONNX twin and model card."""
+
+    row: str = Field("best", description=(
+        "best = evaluate's choice on validation (row auto); or baseline / a distilled row's name"))
+    seed: int | Literal["best"] = Field("best", description=(
+        "best = the row's seed with the best validation compare_metric; or one of train.seeds"))
+    teacher: str | None = Field("best", description=(
+        "The teacher shipped beside the student for the page (id, text and fusion families: a SASRec over "
+        "its folded item table); best = evaluate's choice on validation when it is one of those; null = none"))
+    parity_histories: int = Field(1024, ge=1, description="Histories on which ONNX must match torch")
+    parity_tolerance: float = Field(1e-4, gt=0, allow_inf_nan=False, description="Max |score difference|")
+    latency_repeats: int = Field(200, ge=1, description="Timed single-history calls per backend (model card)")
+
+
+class ServeParams(Section):
+    """Defaults of `distillrec serve`, written into the release's config.json (its flags override them)."""
+
+    backend: Literal["onnx", "torch"] = "onnx"
+    threads: int = Field(1, ge=1, description="Intra-op threads of one forward pass")
+    max_batch: int = Field(64, ge=1, description="Histories scored in one forward pass (micro-batching)")
+    max_wait_ms: float = Field(1.0, ge=0, allow_inf_nan=False, description=(
+        "How long a batch waits for more histories once the first has arrived"))
+    queue_size: int = Field(1024, ge=1, description="Histories waiting for a batch; beyond it: 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1)
+    max_histories: int = Field(64, ge=1, description="Histories per request")
+    max_history_items: int = Field(1000, ge=1, description="Items per history (only the most recent max_length are read)")
+    max_k: int = Field(100, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body limit (413 beyond it)")
+
+
 Axis = dict[str, list[Any]]  # dotted params key -> the values searched, e.g. {"train.lr": [0.001, 0.003]}
 
 
@@ -738,6 +769,8 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
     tune: TuneParams = TuneParams()
+    release: ReleaseParams = ReleaseParams()
+    serve: ServeParams = ServeParams()
 
     @property
     def auto_candidates(self) -> list[str]:
@@ -771,11 +804,24 @@ class Params(Section):
         if auto is not None and (not auto or len(set(auto)) != len(auto) or set(auto) - set(self.distill.runs)):
             raise ValueError(f"evaluate.auto {self.evaluate.auto}: name rows the DAG trains (distill.methods and "
                              f"llm_init+<combine>: {', '.join(self.distill.runs) or 'none'}), or null for all of them")
+        self._check_release()
         stride = self.train.window_stride
         if stride is not None and stride > self.student.max_length:
             raise ValueError(f"train.window_stride ({stride}) must be <= student.max_length "
                              f"({self.student.max_length})")
         return self
+
+    def _check_release(self) -> None:
+        """release.row, seed and teacher name what the DAG trains."""
+        r = self.release
+        if r.row not in ("best", "baseline", *self.distill.runs):
+            raise ValueError(f"release.row {r.row!r}: best, baseline or a distilled row "
+                             f"({', '.join(self.distill.runs) or 'none'})")
+        if r.seed != "best" and r.seed not in self.train.seeds:
+            raise ValueError(f"release.seed {r.seed}: best or one of train.seeds {self.train.seeds}")
+        if r.teacher not in (None, "best", *self.teachers):
+            raise ValueError(f"release.teacher {r.teacher!r}: best, null or a trained teacher "
+                             f"({', '.join(self.teachers) or 'none'})")
 
     def _check_embeddings(self) -> None:
         """Every section that reads item vectors names a configured `embed` entry."""

@@ -30,15 +30,22 @@ FILES = ("model.pt", "student.json", "item_map.parquet")
 
 def save_student(folder: Path | str, model: Student, meta: dict[str, Any], item_map: Path) -> None:
     """Write the folder atomically; `meta` must hold the `student` params and `n_items`."""
-    state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("item_adapter.")}
-    if model.item_adapter is not None:
-        with torch.no_grad():
-            state["item_adapter.table"] = model.item_adapter.offsets().detach().cpu()
+    state = folded_state(model)
+    if "item_adapter.table" in state:
         meta = {**meta, "item_adapter": list(state["item_adapter.table"].shape)}
     with atomic_dir(folder) as tmp:
         torch.save(state, tmp / "model.pt")
         (tmp / "student.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         shutil.copy2(item_map, tmp / "item_map.parquet")
+
+
+def folded_state(model: Student) -> dict[str, torch.Tensor]:
+    """The weights to save (CPU): an input adapter becomes its fixed offsets `item_adapter.table`."""
+    state = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("item_adapter.")}
+    if model.item_adapter is not None:
+        with torch.no_grad():
+            state["item_adapter.table"] = model.item_adapter.offsets().detach().cpu()
+    return state
 
 
 def load_student(folder: Path | str, device: torch.device | str = "cpu") -> tuple[Student, dict[str, Any]]:
