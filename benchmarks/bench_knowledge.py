@@ -5,7 +5,7 @@ student matrix almost twice as fast. This driver writes the params file (relativ
 against the repository root) into a work folder laid out like the repository, then runs
 `stages/*.py` there in the DAG's order: ingest, split, embed_items@*, train_teacher@* and
 export_teacher@* (one process per teacher), import_teacher@*, the baseline and every distilled
-student per seed, and evaluate. The numbers are therefore exactly what the DAG gives with the same params:
+student per seed, evaluate and release. The numbers are therefore exactly what the DAG gives with the same params:
 `python benchmarks/bench_knowledge.py <params file> --params-out params.yaml && dvc repro`.
 A step whose output already exists is skipped (delete the work folder, or the output, to redo it).
 The wall time of every step goes to `<work>/steps.jsonl`; the table is `<work>/metrics/report.md`.
@@ -151,6 +151,8 @@ def main() -> None:
     parallel(args.jobs, calls)
     shutil.rmtree(run / "metrics", ignore_errors=True)
     run_step(run, "evaluate", done=run / "metrics" / "eval.json")
+    shutil.rmtree(run / "models" / "release", ignore_errors=True)
+    run_step(run, "release", done=run / "models" / "release")   # the validation-chosen row, shippable
     log.info("done in %.0f s: %s", time.perf_counter() - started, run / "metrics" / "report.md")
 
 

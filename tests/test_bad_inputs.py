@@ -426,7 +426,7 @@ def test_recommend_exits_2_naming_the_broken_file(tmp_path, capsys, case: Case):
 def test_the_valid_student_serves(tmp_path, capsys):
     write_student(tmp_path / "student")
     cli_main(["recommend", "--model", str(tmp_path / "student"), "--history", "i01,i02", "--k", "3"])
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 + 3  # header, labels, 3 items
 
 
 def test_the_table_is_large_and_covers_every_kind():

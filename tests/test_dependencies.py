@@ -227,8 +227,8 @@ def test_every_source_name_has_a_module_with_the_source_interface(name):
 
 # README "Architecture": lowest first; a package may import its own layer or lower ones
 LAYERS = [{"errors", "params", "io", "hf", "tokenizer", "stage"}, {"data"}, {"students", "embed"}, {"train"},
-          {"teachers"}, {"evaluate"}, {"distill"}]
-SERVING = {"cli": {"errors", "io", "students", "plots", "tune", "__main__"},
+          {"teachers"}, {"evaluate"}, {"distill"}, {"serving"}]
+SERVING = {"cli": {"errors", "io", "students", "serving", "data", "plots", "tune", "__main__"},
            # tools over the pipeline's outputs, which no stage imports
            "tune": {"errors", "io", "params", "data", "evaluate"}, "plots": {"errors", "io"}}
 

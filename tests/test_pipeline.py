@@ -55,6 +55,8 @@ def repo(tmp_path_factory):
     _set(repo, "dataset.synthetic.n_items", 400)
     _set(repo, "train.epochs", 2)
     _set(repo, "evaluate.latency_repeats", 10)
+    _set(repo, "release.latency_repeats", 10)
+    _set(repo, "release.parity_histories", 256)
     _set(repo, "teachers.fusion.train.epochs", 2)
     _set(repo, "teachers.llm.train.epochs", 1)
     _set(repo, "teachers.llm.train.sample", 200)
@@ -74,7 +76,8 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     first = _run(["dvc", "repro"], repo)
     students = {"train_student@42", *(f"distill@{m}-42" for m in METHODS)}
     teachers = {f"{stage}@{t}" for t in TEACHERS for stage in ("train_teacher", "export_teacher")}
-    assert _ran(first) == {"check_params", "ingest", "split", "embed_items@minilm", *teachers, *students, "evaluate"}
+    assert _ran(first) == {"check_params", "ingest", "split", "embed_items@minilm", *teachers, *students, "evaluate",
+                           "release"}
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"]["users"] == 300 and metrics["filtered"]["interactions"] > 2_000
     # the headline: a one-line story and one small file per row, all with the same keys
@@ -105,21 +108,21 @@ def test_repro_runs_then_is_up_to_date_and_reruns_only_what_changed(repo):
     assert (repo / "models" / "students" / "sasrec-none" / "seed42" / "model.pt").is_file()
     assert _ran(_run(["dvc", "repro"], repo)) == set()
     _set(repo, "distill.logit_kd.temperature", 3.0)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@logit_kd-42", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@logit_kd-42", "evaluate", "release"}
     _set(repo, "distill.llm_init.scale", 0.05)
-    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@llm_init-42", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@llm_init-42", "evaluate", "release"}
     _set(repo, "teachers.llm.export.top_k", 20)
     assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "export_teacher@llm", *students - {"train_student@42"},
-                                                  "evaluate"}
+                                                  "evaluate", "release"}
     _set(repo, "distill.llm_init.combine", ["logit_kd"])
     assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "distill@llm_init-42", "distill_llm_init@logit_kd-42",
-                                                  "evaluate"}
+                                                  "evaluate", "release"}
     assert (repo / "metrics" / "rows" / "llm_init+logit_kd.json").is_file()
     _set(repo, "split.item_core", 3)
     assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "split", "embed_items@minilm", *teachers, *students,
-                                                  "distill_llm_init@logit_kd-42", "evaluate"}
+                                                  "distill_llm_init@logit_kd-42", "evaluate", "release"}
     _set(repo, "evaluate.ks", [1, 10])
-    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "evaluate"}
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check_params", "evaluate", "release"}
 
 
 @pytest.mark.parametrize(("key", "value", "message", "kept"), [
@@ -150,3 +153,27 @@ def test_real_movielens_100k_through_the_dag(repo):
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics["raw"] == {"users": 943, "items": 1682, "interactions": 100000}
     assert metrics["filtered"]["users"] == 943
+
+
+def test_the_docs_recommend_commands_run_as_printed(repo):
+    """Every `distillrec recommend` line of README.md and docs/*.md (tests/test_cli.py's
+    doc_commands), run exactly as printed in the copy the tests above reproduced (release stage
+    included): rc 0 and a non-empty list. The docs' ids and users exist in both the default data
+    and this smaller one."""
+    from tests.test_cli import doc_argv, doc_commands, listed
+
+    # test_real_movielens_100k pointed the copy's split at ml-100k: back to the synthetic data the
+    # DAG ran on (DVC's run cache restores the split; nothing downstream re-runs)
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, text=True,
+                               check=True).stdout
+    for key, value in yaml.safe_load(committed)["dataset"].items():
+        if key in ("source", "name", "path"):
+            _set(repo, f"dataset.{key}", value)
+    _run(["dvc", "repro"], repo)
+    assert (repo / "models" / "release" / "model.onnx").is_file()
+    commands = doc_commands(repo)
+    assert commands, "README.md and docs/*.md show no `distillrec recommend` line in a ```bash block"
+    for where, command in commands:
+        result = subprocess.run(doc_argv(command), cwd=repo, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{where}: `{command}` exited {result.returncode}:\n{result.stderr}"
+        assert listed(result.stdout), f"{where}: `{command}` listed nothing:\n{result.stdout}"

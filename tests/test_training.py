@@ -5,7 +5,6 @@ import polars as pl
 import pytest
 import torch
 
-from distillrec.cli import main as cli_main
 from distillrec.evaluate.evaluation import Evaluator, popularity_scores
 from distillrec.evaluate.report import write_reports
 from distillrec.errors import DataError
@@ -143,36 +142,6 @@ def test_popularity_counts_only_training_part(small_split):
     data = SplitData.load(small_split)
     scores = popularity_scores(data)
     assert scores[1:].sum().item() == (data.lengths - 2).sum()
-
-
-def test_recommend_cli(tmp_path, small_split, capsys):
-    fit(tmp_path, "m", small_split, epochs=1)
-    item_map = pl.read_parquet(small_split / "item_map.parquet")
-    history = ",".join(item_map["item_id"][:3])
-    cli_main(["recommend", "--model", str(tmp_path / "m"), "--history", history, "--k", "5"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and lines[0].split()[0] == "1"
-    recommended = [line.split()[1] for line in lines]
-    assert not set(recommended) & set(history.split(","))  # seen items are not recommended
-    assert all(title in item_map["title"].to_list() for title in
-               [line.split(maxsplit=3)[3] for line in lines])
-
-
-@pytest.mark.parametrize(("history", "message"), [
-    ("nope,alsonope", "unknown item id(s) nope, alsonope"),
-    (" , ", "--history is empty"),
-])
-def test_recommend_bad_input(tmp_path, small_split, capsys, history, message):
-    fit(tmp_path, "m", small_split, epochs=1)
-    with pytest.raises(SystemExit) as info:
-        cli_main(["recommend", "--model", str(tmp_path / "m"), "--history", history])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_recommend_missing_model(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        cli_main(["recommend", "--model", str(tmp_path / "absent"), "--history", "1"])
-    assert "is not a saved student: model.pt is missing" in capsys.readouterr().err
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path, small_split):

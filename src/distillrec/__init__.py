@@ -9,6 +9,7 @@ committed outputs on another machine (same torch and thread count); it cost ~8 %
 run here. Set any of the three yourself (e.g. ATEN_CPU_CAPABILITY=avx512) to choose otherwise.
 """
 
+import importlib
 import os
 import platform
 
@@ -19,9 +20,11 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 __version__ = "0.1.0"
 
 
-def load(folder, backend="auto", threads=None):
-    """A released student (models/release) or a saved student folder, ready to `.recommend(histories,
-    k=10, exclude_seen=True)`; needs nothing of the pipeline (distillrec/serving/recommender.py)."""
-    from distillrec.serving.recommender import load as load_recommender  # torch loads only if asked for
 
-    return load_recommender(folder, backend, threads)
+def __getattr__(name):
+    """`distillrec.load(folder)`: a released or saved student, ready to `.recommend(histories)`
+    (distillrec/serving/recommender.py). Resolved on first use (PEP 562), so `import distillrec`
+    stays light and the pipeline's stages, which never serve, never import the serving code."""
+    if name == "load":
+        return importlib.import_module("distillrec.serving.recommender").load
+    raise AttributeError(f"module 'distillrec' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from distillrec.errors import DataError
 from distillrec.params import StudentParams
-from distillrec.serving.recommender import CONFIG, ONNX, WEIGHTS
+from distillrec.serving.files import CONFIG, ONNX, WEIGHTS
 from distillrec.students import Student, build_student
 from distillrec.students.base import ItemOffsets
 from distillrec.students.saved import folded_state

@@ -18,16 +18,17 @@ def _pct(value: float) -> str:
 
 
 def _quality(details: dict[str, Any], row: str, seed: int, metric: str) -> list[str]:
-    info, base = details[row], details["baseline"]
+    """Test HR/NDCG/MRR at the K of `metric` (evaluate.compare_metric): this seed, the row's mean, the baseline."""
+    info, base, k = details[row], details["baseline"], metric.split("@")[1]
+    names = [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"]
     run = info["runs"][f"seed{seed}"]["test"]
-    lines = ["| | HR@10 | NDCG@10 | MRR@10 |", "|---|---|---|---|",
-             f"| this model ({row}, seed {seed}) | {run['hr@10']:.4f} | {run['ndcg@10']:.4f} | {run['mrr@10']:.4f} |"]
+    lines = [f"| | HR@{k} | NDCG@{k} | MRR@{k} |", "|---|---|---|---|",
+             f"| this model ({row}, seed {seed}) | " + " | ".join(f"{run[m]:.4f}" for m in names) + " |"]
     if len(info["runs"]) > 1:
         mean, std = info["test"], info["test_std"]
         lines.append(f"| {row}, mean ± std over {len(info['runs'])} seeds | "
-                     + " | ".join(f"{mean[m]:.4f} ± {std[m]:.4f}" for m in ("hr@10", "ndcg@10", "mrr@10")) + " |")
-    lines.append(f"| baseline (same student, no teacher) | {base['test']['hr@10']:.4f} | {base['test']['ndcg@10']:.4f} "
-                 f"| {base['test']['mrr@10']:.4f} |")
+                     + " | ".join(f"{mean[m]:.4f} ± {std[m]:.4f}" for m in names) + " |")
+    lines.append("| baseline (same student, no teacher) | " + " | ".join(f"{base['test'][m]:.4f}" for m in names) + " |")
     vs = info.get("vs_baseline")
     if vs:
         lines += ["", f"Gain in test {vs['metric']} over the baseline: **{_pct(vs['gain'])}** (95 % interval "

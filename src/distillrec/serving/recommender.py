@@ -12,7 +12,6 @@ model.pt). Both read left-padded [B, L] int64 histories and return [B, n_items +
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 
 from distillrec.errors import DataError, DistillrecError
+from distillrec.serving.files import CONFIG, ITEMS, ONNX, read_config
 
 log = logging.getLogger(__name__)
 
-CONFIG, WEIGHTS, ITEMS, ONNX = "config.json", "model.safetensors", "item_map.parquet", "model.onnx"
 Backend = Literal["auto", "onnx", "torch"]
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -100,6 +99,7 @@ class Recommender:
                  backend: Backend):
         self._scorer, self.catalogue, self.max_length = scorer, catalogue, max_length
         self.config, self.backend = config, backend
+        self.widths = [w for w in (8, 16, 32, 64, 128, 256) if w < max_length] + [max_length]
 
     def encode(self, histories: Sequence[Sequence[str]], field: str = "histories") -> list[list[int]]:
         """Original item ids -> internal indices; an empty history or an unknown id is a RequestError."""
@@ -125,11 +125,17 @@ class Recommender:
         return encoded
 
     def pad(self, encoded: Sequence[Sequence[int]]) -> np.ndarray:
-        """Left-padded [B, max_length] int64: the most recent max_length items of each history."""
-        batch = np.zeros((len(encoded), self.max_length), dtype=np.int64)
+        """Left-padded [B, W] int64: the most recent max_length items of each history, W the
+        smallest width of `widths` that holds the longest. Positions count from the right and
+        padding never reaches a real position, so a short history needs no max_length columns
+        (3x less work at 12 items of 50); fixed widths keep a history's scores independent of
+        which other histories share its forward pass."""
+        longest = min(max(len(h) for h in encoded), self.max_length)
+        width = next(w for w in self.widths if w >= longest)
+        batch = np.zeros((len(encoded), width), dtype=np.int64)
         for row, history in enumerate(encoded):
-            recent = history[-self.max_length:]
-            batch[row, self.max_length - len(recent):] = recent
+            recent = history[-width:]
+            batch[row, width - len(recent):] = recent
         return batch
 
     def scores(self, padded: np.ndarray) -> np.ndarray:
@@ -161,24 +167,6 @@ class Recommender:
         encoded = self.encode(histories)
         scores = self.scores(self.pad(encoded))
         return [self.rank(row, history, k, exclude_seen) for row, history in zip(scores, encoded)]
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    """config.json of a release folder: architecture, catalogue size, folded offsets, provenance."""
-    path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise TypeError(f"expected a JSON object, found {type(config).__name__}")
-        n_items, architecture = config["n_items"], config["architecture"]
-        if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
-            raise ValueError(f"n_items must be a positive integer, found {n_items!r}")
-        int(architecture["max_length"])
-    except KeyError as exc:
-        raise DataError(f"{path}: not a release's config: the key {exc} is missing") from None
-    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a release's config ({exc})") from None
-    return config
 
 
 def _onnx_scorer(path: Path, threads: int) -> Scorer:

@@ -20,10 +20,11 @@ import polars as pl
 from distillrec.data.splitdata import SplitData
 from distillrec.errors import DataError
 from distillrec.io import atomic_dir
-from distillrec.params import Params, StudentParams
+from distillrec.params import Params, StudentParams, TeacherParams
 from distillrec.serving.artifact import export_onnx, onnx_parity, write_model
 from distillrec.serving.card import model_card
-from distillrec.serving.recommender import ITEMS, ONNX, load
+from distillrec.serving.files import ITEMS, ONNX
+from distillrec.serving.recommender import load
 from distillrec.students import Student, build_student
 from distillrec.students.saved import folded_state, load_student
 
@@ -75,14 +76,16 @@ def latency_ms(folder: Path, history: list[str], repeats: int) -> dict[str, dict
     return out
 
 
-def fold_teacher(params: Params, name: str) -> tuple[Student, dict[str, Any]]:
-    """The teacher `name` as a plain SASRec whose item table is its computed one (ID embedding +
-    adaptor(text vector) for fusion): the same scores at inference, served by the students' code."""
+def fold_teacher(cfg: TeacherParams, folder: Path) -> tuple[Student, dict[str, Any]]:
+    """The saved teacher in `folder` as a plain SASRec whose item table is its computed one (ID
+    embedding + adaptor(text vector) for fusion): the same scores at inference, served by the
+    students' code."""
     from distillrec.teachers.registry import teacher_class
 
-    cfg = params.teachers[name]
-    teacher = teacher_class(cfg.family).load(Path("models/teachers") / name, cfg)
+    teacher = teacher_class(cfg.family).load(folder, cfg)
     module = teacher.module.eval().cpu()
+    if cfg.family == "id":   # already a plain student
+        return module, StudentParams.model_validate(cfg.model.model_dump()).model_dump()
     architecture = StudentParams(model="sasrec", **{f: getattr(cfg.model, f) for f in
                                                      ("hidden", "layers", "heads", "dropout", "max_length")})
     plain = build_student(architecture, module.n_items)
@@ -119,7 +122,7 @@ def build_release(params: Params, out: Path) -> None:
         written = _write(tmp, model, meta["student"], provenance, item_map, histories, params.release.parity_tolerance)
         if teacher is not None:
             (tmp / "teacher").mkdir()
-            folded, architecture = fold_teacher(params, teacher)
+            folded, architecture = fold_teacher(params.teachers[teacher], Path("models/teachers") / teacher)
             teacher_info = {"row": f"teacher-{teacher}", "teacher": teacher, "family": params.teachers[teacher].family,
                             "serve": params.serve.model_dump()}
             written["teacher"] = _write(tmp / "teacher", folded, architecture, teacher_info, item_map, histories,
