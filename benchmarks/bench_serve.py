@@ -15,7 +15,9 @@ request, median of 3 starts). Rows go to --out (JSON lines) and a markdown table
     python benchmarks/bench_serve.py --release benchmarks/out/serve/office/models/release \
         --data benchmarks/out/serve/office/data/processed --label office
 
-Needs `wrk` on PATH (Debian: apt-get install wrk) and at least 2 CPUs.
+Needs `wrk` on PATH (Debian: apt-get install wrk) and at least 2 CPUs. `--profile` samples the
+server with py-spy (pip install py-spy) during the student's highest-concurrency run of the first
+backend and says where its CPU time goes (model forward, ranking, validation, JSON, HTTP, ...).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -115,6 +118,35 @@ def stop(server: subprocess.Popen) -> None:
         server.kill()
 
 
+# where a sampled stack's time goes: the first category that matches, from the innermost frame out;
+# py-spy's frames read "function (path:line)": "name (" keys match a function, the others a path
+CATEGORIES = [
+    ("model forward (ONNX Runtime / torch)", ("scores (", "score (", "onnxruntime", "torch/")),
+    ("ranking the catalogue (numpy top-k)", ("rank (",)),
+    ("ids -> indices, padding", ("encode (", "pad (")),
+    ("request validation (pydantic)", ("pydantic",)),
+    ("JSON encode/decode", ("json/",)),
+    ("FastAPI / Starlette routing", ("fastapi/", "starlette/")),
+    ("HTTP parsing and transport (uvicorn, httptools)", ("uvicorn/", "httptools")),
+    ("event loop (asyncio, uvloop)", ("asyncio/", "uvloop")),
+]
+
+
+def profile(pid: int, seconds: int, out: Path) -> dict[str, float]:
+    """Shares of the server's sampled (busy) time per category, from py-spy's collapsed stacks."""
+    subprocess.run(["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw",
+                    "-o", str(out), "--nonblocking"], check=True, capture_output=True)
+    totals: dict[str, float] = {}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[::-1]
+        name = next((label for frame in frames for label, keys in CATEGORIES
+                     if any(frame.startswith(k) if k.endswith(" (") else k in frame for k in keys)), "other")
+        totals[name] = totals.get(name, 0) + int(count)
+    total = sum(totals.values()) or 1
+    return {name: count / total for name, count in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def run_wrk(port: int, concurrency: int, seconds: int, bodies: Path, script: Path) -> dict:
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "5s",
                           "-s", str(script), f"http://127.0.0.1:{port}/recommend", "--", str(bodies)],
@@ -131,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"])
     parser.add_argument("--cold-starts", type=int, default=3)
+    parser.add_argument("--server-cpus", default="0", help="CPUs of the server (taskset list); wrk runs on CPU 1")
+    parser.add_argument("--profile", action="store_true", help="py-spy profile of the student's top-concurrency run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serve" / "results.jsonl")
     args = parser.parse_args()
     if shutil.which("wrk") is None or len(os.sched_getaffinity(0)) < 2:
@@ -150,16 +184,28 @@ def main() -> None:
         for backend in args.backends:
             colds = []
             for _ in range(args.cold_starts):
-                server, cold = start(folder, backend, free_port(), "0")
+                server, cold = start(folder, backend, free_port(), args.server_cpus)
                 colds.append(cold)
                 stop(server)
             port = free_port()
-            server, _ = start(folder, backend, port, "0")
+            server, _ = start(folder, backend, port, args.server_cpus)
             try:
                 for concurrency in args.concurrency:
                     run_wrk(port, concurrency, 2, bodies, script)         # warm-up
+                    sampled = (args.profile and name == "student" and backend == args.backends[0]
+                               and concurrency == max(args.concurrency))
+                    profiler = (ThreadPoolExecutor(1).submit(profile, server.pid, args.seconds - 1, work / "stacks.txt")
+                                if sampled else None)
                     result = run_wrk(port, concurrency, args.seconds, bodies, script)
-                    row = {"label": args.label, "model": name, "row": config.get("row"), "backend": backend,
+                    if profiler is not None:
+                        shares = profiler.result()
+                        print(f"where the server's busy time goes ({args.label}, {backend}, c={concurrency}):")
+                        for label, share in shares.items():
+                            print(f"  {100 * share:5.1f} %  {label}")
+                        with open(args.out.with_suffix(".profile.jsonl"), "a") as handle:
+                            handle.write(json.dumps({"label": args.label, "backend": backend,
+                                                     "concurrency": concurrency, "shares": shares}) + "\n")
+                    row = {"label": args.label, "model": name, "server_cpus": args.server_cpus, "row": config.get("row"), "backend": backend,
                            "concurrency": concurrency, "rps": result["requests"] / result["duration_us"] * 1e6,
                            "p50_ms": result["p50_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
                            "p99_ms": result["p99_us"] / 1000, "non_2xx": result["non_2xx"],

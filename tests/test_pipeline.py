@@ -57,6 +57,7 @@ def repo(tmp_path_factory):
     _set(repo, "evaluate.latency_repeats", 10)
     _set(repo, "release.latency_repeats", 10)
     _set(repo, "release.parity_histories", 256)
+    _set(repo, "release.teacher", None)      # one ONNX export per release run (tests/test_release.py folds teachers)
     _set(repo, "teachers.fusion.train.epochs", 2)
     _set(repo, "teachers.llm.train.epochs", 1)
     _set(repo, "teachers.llm.train.sample", 200)

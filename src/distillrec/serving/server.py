@@ -18,6 +18,7 @@ history, k out of range, unknown field, ...); 503 with Retry-After when the queu
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.resources
 import json
 import logging
@@ -249,6 +250,8 @@ def create_app(student: Recommender, teacher: Recommender | None = None,
     async def lifespan(app: FastAPI) -> Any:
         for batcher in batchers:
             batcher.start()
+        gc.collect()
+        gc.freeze()   # the loaded model and app are never garbage: keep them out of every later collection
         try:
             yield
         finally:
