@@ -78,10 +78,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(folder: Path, backend: str, port: int, cpu: str) -> tuple[subprocess.Popen, float]:
+def start(folder: Path, backend: str, port: int, cpu: str, extra: list[str] = ()) -> tuple[subprocess.Popen, float]:
     """The server pinned to `cpu`; returns it and its cold start (s): spawn -> first answered request."""
     cmd = ["taskset", "-c", cpu, sys.executable, "-m", "distillrec", "serve", "--model", str(folder),
-           "--backend", backend, "--port", str(port), "--no-teacher", "--threads", "1"]
+           "--backend", backend, "--port", str(port), "--no-teacher", "--threads", "1", *extra]
     body = {"histories": [[first_item(folder)]], "k": 10}
     began = time.perf_counter()
     server = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -104,10 +104,17 @@ def first_item(folder: Path) -> str:
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory (VmHWM) of the server and its worker processes, summed (MiB)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        proc = Path(f"/proc/{current}")
+        for line in (proc / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+        for task in (proc / "task").iterdir():
+            todo += [int(child) for child in (task / "children").read_text().split()]
+    return total
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -164,13 +171,16 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["onnx", "torch"])
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--server-cpus", default="0", help="CPUs of the server (taskset list); wrk runs on CPU 1")
+    parser.add_argument("--serve-flag", action="append", default=[], help="a flag for distillrec serve, e.g. "
+                        "--serve-flag=--max-wait-ms=0 (default: the release's serve settings)")
+    parser.add_argument("--models", nargs="+", default=["student", "teacher"])
     parser.add_argument("--profile", action="store_true", help="py-spy profile of the student's top-concurrency run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serve" / "results.jsonl")
     args = parser.parse_args()
     if shutil.which("wrk") is None or len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs wrk on PATH (apt-get install wrk) and 2 CPUs")
-    models = {"student": args.release}
-    if (args.release / "teacher" / "config.json").is_file():
+    models = {"student": args.release} if "student" in args.models else {}
+    if "teacher" in args.models and (args.release / "teacher" / "config.json").is_file():
         models["teacher"] = args.release / "teacher"
     work = Path(tempfile.mkdtemp())
     bodies, script = work / "bodies.jsonl", work / "bench.lua"
@@ -184,11 +194,11 @@ def main() -> None:
         for backend in args.backends:
             colds = []
             for _ in range(args.cold_starts):
-                server, cold = start(folder, backend, free_port(), args.server_cpus)
+                server, cold = start(folder, backend, free_port(), args.server_cpus, args.serve_flag)
                 colds.append(cold)
                 stop(server)
             port = free_port()
-            server, _ = start(folder, backend, port, args.server_cpus)
+            server, _ = start(folder, backend, port, args.server_cpus, args.serve_flag)
             try:
                 for concurrency in args.concurrency:
                     run_wrk(port, concurrency, 2, bodies, script)         # warm-up
@@ -205,7 +215,7 @@ def main() -> None:
                         with open(args.out.with_suffix(".profile.jsonl"), "a") as handle:
                             handle.write(json.dumps({"label": args.label, "backend": backend,
                                                      "concurrency": concurrency, "shares": shares}) + "\n")
-                    row = {"label": args.label, "model": name, "server_cpus": args.server_cpus, "row": config.get("row"), "backend": backend,
+                    row = {"label": args.label, "model": name, "server_cpus": args.server_cpus, "serve_flags": args.serve_flag, "row": config.get("row"), "backend": backend,
                            "concurrency": concurrency, "rps": result["requests"] / result["duration_us"] * 1e6,
                            "p50_ms": result["p50_us"] / 1000, "p90_ms": result["p90_us"] / 1000,
                            "p99_ms": result["p99_us"] / 1000, "non_2xx": result["non_2xx"],

@@ -169,3 +169,18 @@ def test_release_params_are_checked(release, message):
 
     with pytest.raises(ParamsError, match=message):
         parse_params({"release": release})
+
+
+def test_a_saved_student_holding_nan_is_refused(tmp_path):
+    from distillrec.students.saved import load_student, save_student
+
+    arch = StudentParams(model="sasrec", hidden=8, layers=1, heads=2, max_length=4)
+    model = build_student(arch, 10)
+    with torch.no_grad():
+        model.items.weight[3, 0] = float("inf")
+    item_map = tmp_path / "items.parquet"
+    pl.DataFrame({"item_idx": range(1, 11), "item_id": [str(i) for i in range(1, 11)],
+                  "title": ["t"] * 10}).write_parquet(item_map)
+    save_student(tmp_path / "s", model, {"student": arch.model_dump(), "n_items": 10}, item_map)
+    with pytest.raises(DataError, match="model.pt: refused: non-finite weights.*items.weight"):
+        load_student(tmp_path / "s")

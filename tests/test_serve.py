@@ -402,3 +402,35 @@ def test_cli_settings_and_teacher(release_dir):
     _, teacher, settings = server._load(parser, parser.parse_args(
         ["--model", str(release_dir), "--no-teacher", "--backend", "torch", "--max-wait-ms", "2.5"]))
     assert teacher is None and settings.backend == "torch" and settings.max_wait_ms == 2.5
+
+
+def test_workers_share_the_port_and_answer_alike(release_dir):
+    """--workers 2: uvicorn's supervisor, each worker with its own model and batcher; same answers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(_serve_command("--model", str(release_dir), "--port", str(port), "--workers", "2",
+                                           "--no-teacher"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        reference, bodies = load(release_dir), [{"histories": histories(300 + c, 2)} for c in range(16)]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+            answers = [http.post("/recommend", json=body).json()["recommendations"] for body in bodies]
+        assert answers == [expected(reference, b["histories"]) for b in bodies]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in proc.stderr.read()

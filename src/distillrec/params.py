@@ -707,8 +707,10 @@ class ServeParams(Section):
 
     backend: Literal["onnx", "torch"] = "onnx"
     threads: int = Field(1, ge=1, description="Intra-op threads of one forward pass")
+    workers: int = Field(1, ge=1, description=(
+        "Server processes sharing the port, each with its own model and batcher (one per core)"))
     max_batch: int = Field(64, ge=1, description="Histories scored in one forward pass (micro-batching)")
-    max_wait_ms: float = Field(1.0, ge=0, allow_inf_nan=False, description=(
+    max_wait_ms: float = Field(0.0, ge=0, allow_inf_nan=False, description=(
         "How long a batch waits for more histories once the first has arrived"))
     queue_size: int = Field(1024, ge=1, description="Histories waiting for a batch; beyond it: 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)

@@ -84,7 +84,8 @@ def export_onnx(model: Student, max_length: int, path: Path) -> None:
     """model.onnx with dynamic batch and history length (torch.export -> ONNX, opset 18)."""
     example = torch.ones(2, max_length, dtype=torch.long)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=max_length)
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)      # one INFO line per deduplicated constant
+    for name in ("onnx_ir", "onnxscript"):                       # one INFO line per rewritten constant
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)     # "torchvision is not installed" x4
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")                          # torch.export's internal deprecations

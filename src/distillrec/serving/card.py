@@ -57,7 +57,7 @@ def model_card(*, row: str, seed: int, details: dict[str, Any], data: dict[str, 
     size = sum(f.stat().st_size for f in folder.glob("model.*")) / 2**20
     distill = config.get("distill") or {}
     teachers = ", ".join(distill.get("teachers", [])) if isinstance(distill, dict) else ""
-    sizes = data["filtered"]
+    sizes = data
     dataset = params.dataset
     history = ",".join(example[-3:])
     teacher_note = (f"`teacher/` holds teacher `{written['teacher']['config']['teacher']}` "
@@ -83,7 +83,7 @@ def model_card(*, row: str, seed: int, details: dict[str, Any], data: dict[str, 
         "## Data and split",
         "",
         f"- Dataset: `{dataset.name}` (source `{dataset.source}`): {sizes['users']:,} users, {sizes['items']:,} items, "
-        f"{sizes['interactions']:,} interactions after filtering.",
+        f"{sizes['interactions']:,} interactions in the split.",
         "- Split: leave-one-out by time: each user's last item is the test target, the one before it the "
         "validation target, the rest train. Ranking is over the full catalogue (no sampled negatives).",
         "",

@@ -129,7 +129,8 @@ def build_release(params: Params, out: Path) -> None:
                                         params.release.parity_tolerance)
         example = _example_history(split, item_map, params.student.max_length)
         latency = latency_ms(tmp, example, params.release.latency_repeats)
-        card = model_card(row=row, seed=seed, details=details, data=json.loads(Path("metrics/data.json").read_text()),
+        card = model_card(row=row, seed=seed, details=details, data={"users": split.n_users, "items": split.n_items,
+                                                                     "interactions": len(split.items)},
                           params=params, written=written, latency=latency, example=example, folder=tmp)
         (tmp / "README.md").write_text(card)
     log.info("release: %s (seed %d) -> %s; ONNX parity on %d histories, max |diff| %.1e%s", row, seed, out,

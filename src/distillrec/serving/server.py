@@ -22,6 +22,7 @@ import gc
 import importlib.resources
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -438,20 +439,39 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+WORKER_ARGS = "DISTILLREC_SERVE_ARGS"   # the command line, for each worker process of --workers N
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory, with --workers > 1): the same command line."""
+    parser = _parser()
+    student, teacher, settings = _load(parser, parser.parse_args(json.loads(os.environ[WORKER_ARGS])))
+    return create_app(student, teacher, settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`distillrec serve`: see `distillrec serve --help`."""
     from distillrec.io import setup_logging
 
     parser = _parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     try:
         student, teacher, settings = _load(parser, args)
     except DistillrecError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     setup_logging(logging.INFO)
-    app = create_app(student, teacher, settings)
     row = _row(student, "student")
     extra = f", teacher {_row(teacher, 'teacher')} beside it" if teacher else ""
+    if settings.workers > 1:   # uvicorn's supervisor: each worker loads the model and batches on its own
+        os.environ[WORKER_ARGS] = json.dumps(argv)
+        log.info("serving %s (%s) on http://%s:%d%s, %d worker processes", row, student.backend, args.host,
+                 args.port, extra, settings.workers)
+        uvicorn.run("distillrec.serving.server:worker_app", factory=True, host=args.host, port=args.port,
+                    workers=settings.workers, loop="uvloop", http="httptools", log_level="warning",
+                    access_log=False, timeout_graceful_shutdown=GRACEFUL_S)
+        return
+    app = create_app(student, teacher, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                             log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_S)

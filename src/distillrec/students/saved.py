@@ -80,6 +80,11 @@ def load_student(folder: Path | str, device: torch.device | str = "cpu") -> tupl
                         f"({_brief(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch's zip reader on a truncated file
         raise DataError(f"{weights_path}: cannot be read, the file is truncated or corrupt ({_brief(exc)})") from None
+    broken = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                    and not torch.isfinite(v).all()) if isinstance(state, dict) else []
+    if broken:
+        raise DataError(f"{weights_path}: refused: non-finite weights (NaN or inf) in {', '.join(broken[:5])}; "
+                        "the run diverged: retrain it")
     try:
         if not isinstance(state, dict):
             raise TypeError(f"expected a dict of tensors, found {type(state).__name__}")
