@@ -210,3 +210,13 @@ def test_teacher_lr_schedule_reaches_the_students_trainer():
     params = parse_params({"teachers": {"t": {"family": "id", "train": {"window_stride": 50, "lr_schedule": "cosine"}}}})
     train = train_params(params.teachers["t"])
     assert (train.window_stride, train.lr_schedule) == (50, "cosine")
+
+
+@pytest.mark.parametrize("raw", [{"train": {"lr": float("inf")}}, {"distill": {"logit_kd": {"weight": float("inf")}}},
+                                 {"evaluate": {"buckets": {"tail_share": float("nan")}}}])
+def test_non_finite_numbers_are_refused_in_every_section(raw):
+    from distillrec.errors import ParamsError
+    from distillrec.params import parse_params
+
+    with pytest.raises(ParamsError, match="Input should be a finite number"):
+        parse_params(raw)

@@ -187,3 +187,11 @@ def test_cosine_schedule_scales_each_groups_configured_lr_and_survives_a_resume(
     resumed.load_state_dict(optimizer.state_dict())  # a checkpoint holds the decayed lr
     schedule_lr(resumed, 1.0)
     assert [g["lr"] for g in resumed.param_groups] == [1.0, 0.1]
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_saves_nothing(tmp_path, small_split):
+    from distillrec.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"the loss is (nan|inf) at epoch \d+, step \d+ of \d+; nothing is saved"):
+        fit(tmp_path, "diverged", small_split, lr=1e12, epochs=3)
+    assert not (tmp_path / "diverged").exists()

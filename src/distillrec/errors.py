@@ -13,6 +13,10 @@ class ParamsError(DistillrecError):
     """params.yaml is invalid: unknown key, wrong type or out-of-range value."""
 
 
+class TrainingDiverged(DistillrecError):
+    """The training loss became NaN or infinite: nothing is saved."""
+
+
 class DataError(DistillrecError):
     """Input data is missing, malformed or empty."""
 

@@ -24,7 +24,7 @@ TEACHER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 class Section(BaseModel):
     """Strict base: unknown keys and loose types are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)  # .inf / .nan: errors
 
 
 class SyntheticParams(Section):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from distillrec.params import LLMTrainParams
-from distillrec.train.loop import FitState, Loop, LoopConfig
+from distillrec.train.loop import FitState, Loop, LoopConfig, finite_loss
 from distillrec.train.parallel import even_shard
 
 
@@ -30,12 +30,15 @@ class AcceleratedTask:
         trainable = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
         self.wrapped, self.optimizer = accelerator.prepare(module, optimizer)
+        self.steps = 0   # optimizer steps so far, to name where a loss went non-finite
 
     def shard(self, batches: list) -> list:
         """This process's batches: as many on every process, so none waits in a collective alone."""
         return even_shard(batches, self.accelerator.num_processes, self.accelerator.process_index)
 
     def step(self, loss: torch.Tensor) -> None:
+        self.steps += 1
+        finite_loss(loss.item(), f"optimizer step {self.steps} of this run")
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.optimizer.step()

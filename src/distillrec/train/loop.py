@@ -32,7 +32,7 @@ import torch
 from dvclive import Live
 from tqdm import tqdm
 
-from distillrec.errors import DataError
+from distillrec.errors import DataError, TrainingDiverged
 from distillrec.io import atomic_file, code_digest, folder_lock
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,15 @@ def fingerprint(*parts: Any) -> str:
     text = json.dumps([code_digest()] + [p if isinstance(p, (str, int, float, list, dict)) else p.model_dump(mode="json")
                                          for p in parts], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def finite_loss(value: float, where: str) -> float:
+    """`value`, or TrainingDiverged the first time a loss is NaN or infinite (`where`: epoch and step)."""
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training diverged: the loss is {value} at {where}; nothing is saved. Lower the "
+                               "learning rate (train.lr, or the teacher's train.lr) or the distillation weights, "
+                               "then run again")
+    return value
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -17,7 +17,7 @@ from distillrec.data.splitdata import SplitData
 from distillrec.params import StudentParams, TrainParams
 from distillrec.students.base import Student, trim_padding
 from distillrec.hf import resolve_device
-from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator
+from distillrec.train.loop import FitState, Loop, LoopConfig, epoch_generator, finite_loss
 from distillrec.train.metrics import metrics_from_ranks
 from distillrec.train.objectives import Batch, Objective
 from distillrec.train.parallel import DataParallel
@@ -136,13 +136,14 @@ class Trainer:
             batch = Batch(inputs.to(self.device), targets.to(self.device), self.users[idx].to(self.device),
                           positions.to(self.device), generator)
             loss, logs = self.objective(model, batch)
+            value = finite_loss(loss.item(), f"epoch {epoch}, step {step + 1} of {len(batches)}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.parallel.average_gradients(self.trained)
             self.optimizer.step()
             seen += len(idx)
-            for name, value in {"loss": loss.item(), **logs}.items():
-                totals[name] = totals.get(name, 0.0) + value * len(idx)
+            for name, term in {"loss": value, **logs}.items():
+                totals[name] = totals.get(name, 0.0) + term * len(idx)
         return {name: value / max(seen, 1) for name, value in totals.items()}
 
     def validate(self) -> dict[str, float]:
