@@ -148,17 +148,6 @@ class Listing:
         return "\n".join(lines)
 
 
-def _row(folder: Path, config: dict[str, Any]) -> tuple[str | None, str | None, int | None]:
-    """(row, method, seed) of a release (its config.json) or of a saved student (its folder's name,
-    <model>-<method>/seed<seed>; method none is the row `baseline`)."""
-    if config.get("source") != "student folder":
-        return config.get("row"), config.get("method"), config.get("seed")
-    folder = folder.resolve()
-    method = folder.parent.name.split("-", 1)[1] if "-" in folder.parent.name else None
-    seed = int(folder.name[4:]) if folder.name.startswith("seed") and folder.name[4:].isdigit() else None
-    return ("baseline" if method == "none" else method), method, seed
-
-
 def recommend(model_dir: Path, history: Sequence[str], k: int = 10, keep_seen: bool = False,
               backend: str = "auto", source: str = "the history", hint: str = "") -> Listing:
     """The top `k` items after `history` (original ids, oldest first), from the release or saved
@@ -191,13 +180,12 @@ def recommend(model_dir: Path, history: Sequence[str], k: int = 10, keep_seen: b
     [ranked] = model.recommend([history], k=k, exclude_seen=not keep_seen)
     items = [{"rank": rank, "item_id": item, "title": title, "score": score} for rank, (item, title, score)
              in enumerate(zip(ranked.item_ids, ranked.titles, ranked.scores), start=1)]
-    row, method, seed = _row(Path(model_dir), model.config)
-    return Listing(str(model_dir), row, method, seed, model.backend, model.max_length, history, items)
+    config = model.config
+    return Listing(str(model_dir), config.get("row"), config.get("method"), config.get("seed"), model.backend,
+                   model.max_length, history, items)
 
 
 def _recommend(args: argparse.Namespace) -> None:
-    if args.k < 1:
-        raise DistillrecError(f"--k must be >= 1, found {args.k}")
     hint = ""
     if args.history is not None:
         history, source = split_history(args.history), "--history"

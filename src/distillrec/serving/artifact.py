@@ -27,7 +27,7 @@ from distillrec.params import StudentParams
 from distillrec.serving.files import CONFIG, ONNX, WEIGHTS
 from distillrec.students import Student, build_student
 from distillrec.students.base import ItemOffsets
-from distillrec.students.saved import folded_state
+from distillrec.students.saved import folded_state, refuse_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ def load_module(folder: Path, config: dict[str, Any]) -> Student:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path}: cannot be read, the file is truncated or corrupt ({exc})") from None
-    broken = sorted(name for name, tensor in state.items() if not torch.isfinite(tensor).all())
-    if broken:
-        raise DataError(f"{path}: refused: non-finite weights (NaN or inf) in {', '.join(broken[:5])}; "
-                        "the run diverged: retrain it")
+    refuse_non_finite(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing keys, wrong shapes

@@ -195,6 +195,16 @@ def _torch_scorer(module: Any, threads: int | None) -> Scorer:
     return score
 
 
+def _folder_run(folder: Path) -> dict[str, Any]:
+    """row, method and seed of a saved student from its place, models/students/<model>-<method>/seed<N>
+    (method none is the row `baseline`); None where the folder is not laid out so."""
+    folder = folder.resolve()
+    method = folder.parent.name.split("-", 1)[1] if "-" in folder.parent.name else None
+    digits = folder.name.removeprefix("seed")
+    seed = int(digits) if folder.name.startswith("seed") and digits.isdigit() else None
+    return {"row": "baseline" if method == "none" else method, "method": method, "seed": seed}
+
+
 def load(folder: Path | str, backend: Backend = "auto", threads: int | None = None) -> Recommender:
     """A release folder (config.json, model.safetensors, model.onnx, item_map.parquet) or a saved
     student folder (student.json, model.pt; torch only). backend `auto`: onnx where the folder has
@@ -213,8 +223,8 @@ def load(folder: Path | str, backend: Backend = "auto", threads: int | None = No
         from distillrec.students.saved import load_student
 
         module, meta = load_student(folder)
-        config = {"n_items": meta["n_items"], "architecture": meta["student"], "source": "student folder",
-                  "method": meta.get("method")}
+        config = {"n_items": meta["n_items"], "architecture": meta["student"], "source": str(folder),
+                  **_folder_run(folder)}
         return Recommender(_torch_scorer(module, threads), Catalogue.read(folder / ITEMS, meta["n_items"]),
                            int(meta["student"]["max_length"]), config, backend)
     config = read_config(folder)

@@ -48,6 +48,15 @@ def folded_state(model: Student) -> dict[str, torch.Tensor]:
     return state
 
 
+def refuse_non_finite(state: dict[str, Any], path: Path) -> None:
+    """A DataError naming `path` and the tensors that hold NaN or inf (a diverged run is never served)."""
+    broken = sorted(name for name, value in state.items() if isinstance(value, torch.Tensor)
+                    and value.is_floating_point() and not torch.isfinite(value).all())
+    if broken:
+        raise DataError(f"{path}: refused: non-finite weights (NaN or inf) in {', '.join(broken[:5])}; "
+                        "the run diverged: retrain it")
+
+
 def load_student(folder: Path | str, device: torch.device | str = "cpu") -> tuple[Student, dict[str, Any]]:
     """Rebuild a saved student in eval mode; a missing, truncated or foreign file is a DataError naming it.
 
@@ -80,11 +89,8 @@ def load_student(folder: Path | str, device: torch.device | str = "cpu") -> tupl
                         f"({_brief(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch's zip reader on a truncated file
         raise DataError(f"{weights_path}: cannot be read, the file is truncated or corrupt ({_brief(exc)})") from None
-    broken = sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                    and not torch.isfinite(v).all()) if isinstance(state, dict) else []
-    if broken:
-        raise DataError(f"{weights_path}: refused: non-finite weights (NaN or inf) in {', '.join(broken[:5])}; "
-                        "the run diverged: retrain it")
+    if isinstance(state, dict):
+        refuse_non_finite(state, weights_path)
     try:
         if not isinstance(state, dict):
             raise TypeError(f"expected a dict of tensors, found {type(state).__name__}")
